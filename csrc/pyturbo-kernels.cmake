@@ -1,0 +1,37 @@
+# pyturbo's kernels for the turbo2/turbo3/turbo4 KV-cache types, compiled into
+# llama.cpp's ggml targets. Included by the top-level CMakeLists.txt after
+# add_subdirectory(llama.cpp); the patches in patches/ only add the table rows
+# and case labels that point here.
+
+set(PYTURBO_CSRC_DIR ${CMAKE_CURRENT_LIST_DIR})
+
+# Block scale of the reference quantizer (see csrc/turbo-quants.h): NORM =
+# corrected L2 norm, LSQ = least squares with re-picked codes, LSQ_NORM = the
+# LSQ codes with the corrected-norm scale (docs/results/kld-smollm2.md).
+set(PYTURBO_TURBO_SCALE "LSQ_NORM" CACHE STRING "pyturbo: turbo block scale (NORM, LSQ or LSQ_NORM)")
+set_property(CACHE PYTURBO_TURBO_SCALE PROPERTY STRINGS NORM LSQ LSQ_NORM)
+
+if(NOT TARGET ggml-base)
+    message(FATAL_ERROR "pyturbo-kernels.cmake: include it after llama.cpp's add_subdirectory (no ggml-base target)")
+endif()
+
+target_sources(ggml-base PRIVATE
+    ${PYTURBO_CSRC_DIR}/turbo-common.h
+    ${PYTURBO_CSRC_DIR}/turbo-quants.h
+    ${PYTURBO_CSRC_DIR}/turbo-quants.c)
+target_include_directories(ggml-base PRIVATE ${PYTURBO_CSRC_DIR})
+target_compile_definitions(ggml-base PRIVATE PYTURBO_TURBO_SCALE=PYTURBO_TURBO_SCALE_${PYTURBO_TURBO_SCALE})
+
+# The CPU backend is ggml-cpu, or ggml-cpu-<variant> targets with
+# GGML_CPU_ALL_VARIANTS: add the kernels to each of them.
+get_target_property(pyturbo_ggml_src_dir ggml-base SOURCE_DIR)
+get_property(pyturbo_ggml_targets DIRECTORY ${pyturbo_ggml_src_dir} PROPERTY BUILDSYSTEM_TARGETS)
+foreach(target IN LISTS pyturbo_ggml_targets)
+    if(NOT target MATCHES "^ggml-cpu(-.+)?$" OR target MATCHES "-feats$")
+        continue()
+    endif()
+    target_sources(${target} PRIVATE
+        ${PYTURBO_CSRC_DIR}/cpu/turbo.h
+        ${PYTURBO_CSRC_DIR}/cpu/turbo.c)
+    target_include_directories(${target} PRIVATE ${PYTURBO_CSRC_DIR} ${PYTURBO_CSRC_DIR}/cpu)
+endforeach()

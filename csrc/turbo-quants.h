@@ -1,0 +1,37 @@
+// pyturbo: reference quantize / dequantize for the turbo KV-cache types
+// (compiled into ggml-base; the CPU backend and the type_traits table use them).
+#pragma once
+
+#define GGML_COMMON_DECL_C
+#include "ggml-common.h"
+#include "turbo-common.h"
+
+#include "ggml.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Block scale: NORM = corrected norm (the dequantized block keeps the input's
+// L2 norm); LSQ = least squares with PYTURBO_TURBO_LS_ITERS re-picks of the
+// codes; LSQ_NORM = the codes of LSQ with the corrected-norm scale.
+#define PYTURBO_TURBO_SCALE_NORM     0
+#define PYTURBO_TURBO_SCALE_LSQ      1
+#define PYTURBO_TURBO_SCALE_LSQ_NORM 2
+
+GGML_API void quantize_row_turbo2_ref(const float * GGML_RESTRICT x, block_turbo2 * GGML_RESTRICT y, int64_t k);
+GGML_API void quantize_row_turbo3_ref(const float * GGML_RESTRICT x, block_turbo3 * GGML_RESTRICT y, int64_t k);
+GGML_API void quantize_row_turbo4_ref(const float * GGML_RESTRICT x, block_turbo4 * GGML_RESTRICT y, int64_t k);
+
+GGML_API void dequantize_row_turbo2(const block_turbo2 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+GGML_API void dequantize_row_turbo3(const block_turbo3 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+GGML_API void dequantize_row_turbo4(const block_turbo4 * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+
+// ggml_quantize_chunk entries; imatrix is ignored (runtime KV data has none).
+GGML_API size_t quantize_turbo2(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+GGML_API size_t quantize_turbo3(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+GGML_API size_t quantize_turbo4(const float * GGML_RESTRICT src, void * GGML_RESTRICT dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+
+#ifdef __cplusplus
+}
+#endif

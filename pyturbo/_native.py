@@ -1,0 +1,171 @@
+"""Loads pyturbo's libllama/libggml through cffi (ABI mode) and bridges llama.cpp's log.
+
+The only module that touches C. Everything else uses `ffi`, `llama`, `ggml`,
+`ggml_cpu` from here and `captured_log()` to read what llama.cpp said during a call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+
+import cffi
+
+from . import _cdefs
+from .errors import LibraryError
+
+logger = logging.getLogger("pyturbo.llama_cpp")
+# Quiet unless the application configures logging (the CLIs' --verbose does).
+logging.getLogger("pyturbo").addHandler(logging.NullHandler())
+
+LIB_DIR_ENV = "PYTURBO_LIB_DIR"
+
+
+def library_dir() -> Path:
+    """Where pyturbo's native libraries live.
+
+    $PYTURBO_LIB_DIR if set; else this package's lib/; else, when this package is a
+    source checkout (run from the repo root), the installed pyturbo's lib/, then
+    the newest build tree's lib/.
+    """
+    override = os.environ.get(LIB_DIR_ENV)
+    if override:
+        return Path(override)
+    package_dir = Path(__file__).resolve().parent
+    candidates = [package_dir / "lib"]
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+        candidates.append(Path(distribution("pyturbo").locate_file("pyturbo/lib")))
+    except PackageNotFoundError:
+        pass
+    candidates += sorted(package_dir.parent.glob("build/*/lib"), key=lambda p: p.stat().st_mtime,
+                         reverse=True)
+    for candidate in candidates:
+        if any(candidate.glob("libllama*")) or any(candidate.glob("llama.dll")):
+            return candidate
+    return candidates[0]
+
+
+def _library_path(directory: Path, name: str) -> Path:
+    if sys.platform == "darwin":
+        candidates = sorted(directory.glob(f"lib{name}.[0-9]*.dylib")) + [directory / f"lib{name}.dylib"]
+    elif sys.platform == "win32":
+        candidates = [directory / f"{name}.dll", directory / f"lib{name}.dll"]
+    else:
+        # Prefer the SONAME file: it is the one the other libraries' DT_NEEDED name.
+        candidates = sorted(directory.glob(f"lib{name}.so.[0-9]*"), key=lambda p: len(p.name))
+        candidates.append(directory / f"lib{name}.so")
+    for path in candidates:
+        if path.exists():
+            return path
+    raise LibraryError(
+        f"pyturbo's native library lib{name} is missing from {directory}; "
+        "reinstall pyturbo (pip install .) or set PYTURBO_LIB_DIR to a build's library folder")
+
+
+ffi = cffi.FFI()
+ffi.cdef(_cdefs.GGML_CDEFS)
+ffi.cdef(_cdefs.GGML_CPU_CDEFS)
+ffi.cdef(_cdefs.TURBO_CDEFS)
+ffi.cdef(_cdefs.LLAMA_CDEFS)
+
+
+def _dlopen(name: str):
+    path = _library_path(library_dir(), name)
+    try:
+        return ffi.dlopen(str(path))
+    except OSError as e:
+        raise LibraryError(f"could not load {path}: {e}") from e
+
+
+# Load order follows the dependency chain so each dlopen finds its neighbours loaded.
+ggml = _dlopen("ggml-base")
+ggml_cpu = _dlopen("ggml-cpu")
+llama = _dlopen("llama")
+
+
+_PY_LEVELS = {
+    1: logging.DEBUG,    # GGML_LOG_LEVEL_DEBUG
+    2: logging.INFO,     # GGML_LOG_LEVEL_INFO
+    3: logging.WARNING,  # GGML_LOG_LEVEL_WARN
+    4: logging.ERROR,    # GGML_LOG_LEVEL_ERROR
+}
+_LOG_LEVEL_CONT = 5
+
+
+class _LogBridge:
+    """Turns llama.cpp's log fragments into lines: to `logging`, to active captures, to a ring buffer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._partial = ""
+        self._level = logging.INFO
+        self.recent: deque[tuple[int, str]] = deque(maxlen=200)
+        self.captures: list[list[tuple[int, str]]] = []
+
+    def feed(self, level: int, text: str) -> None:
+        with self._lock:
+            if level != _LOG_LEVEL_CONT:
+                if self._partial:
+                    self._emit(self._partial)
+                    self._partial = ""
+                self._level = _PY_LEVELS.get(level, logging.INFO)
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        line = line.rstrip()
+        if not line:
+            return
+        record = (self._level, line)
+        self.recent.append(record)
+        for capture in self.captures:
+            capture.append(record)
+        logger.log(self._level, "%s", line)
+
+
+_bridge = _LogBridge()
+
+
+@ffi.callback("ggml_log_callback", onerror=lambda *exc: None)
+def _log_callback(level, text, user_data):
+    _bridge.feed(int(level), ffi.string(text).decode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def captured_log():
+    """Collect the (level, line) pairs llama.cpp logs inside the `with` block."""
+    lines: list[tuple[int, str]] = []
+    with _bridge._lock:
+        _bridge.captures.append(lines)
+    try:
+        yield lines
+    finally:
+        with _bridge._lock:
+            _bridge.captures.remove(lines)
+
+
+def last_problem(lines: list[tuple[int, str]]) -> str:
+    """The most telling line of a failed call: its first error (the cause; later ones
+    are its consequences), else its last warning."""
+    for level, line in lines:
+        if level >= logging.ERROR:
+            return line
+    for level, line in reversed(lines):
+        if level >= logging.WARNING:
+            return line
+    return ""
+
+
+llama.llama_log_set(_log_callback, ffi.NULL)
+llama.llama_backend_init()
+
+
+def c_string(value) -> str:
+    return ffi.string(value).decode("utf-8", "replace") if value != ffi.NULL else ""

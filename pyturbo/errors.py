@@ -1,0 +1,33 @@
+"""Exceptions pyturbo raises. Every one is a PyturboError with a message a user can act on."""
+
+
+class PyturboError(Exception):
+    """Base class of every error pyturbo raises on purpose."""
+
+
+class LibraryError(PyturboError, OSError):
+    """The native library could not be found or loaded."""
+
+
+class ModelNotFoundError(PyturboError, FileNotFoundError):
+    """The model path does not exist."""
+
+
+class InvalidModelError(PyturboError, ValueError):
+    """The file is not a usable GGUF model (wrong format, truncated, corrupt, unsupported)."""
+
+
+class CacheTypeError(PyturboError, ValueError):
+    """A K/V cache type is unknown or cannot be used with this model or these settings."""
+
+
+class ContextError(PyturboError, RuntimeError):
+    """llama.cpp could not create or run a context."""
+
+
+class ContextOverflowError(ContextError):
+    """The prompt does not fit in the context."""
+
+
+class DownloadError(PyturboError, RuntimeError):
+    """A file pyturbo fetches (the default model) could not be fetched or verified."""

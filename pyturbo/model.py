@@ -1,0 +1,169 @@
+"""Model: a loaded GGUF model, owning its llama_model handle."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from pathlib import Path
+
+from . import _native
+from ._native import ffi, llama
+from .assets import default_model
+from .errors import InvalidModelError, ModelNotFoundError, PyturboError
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(path: Path) -> None:
+    """Fail early, in Python, on the file problems llama.cpp reports only as a NULL model."""
+    if not path.exists():
+        raise ModelNotFoundError(f"model file not found: {path}")
+    if path.is_dir():
+        raise InvalidModelError(f"model path is a directory, not a GGUF file: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise InvalidModelError(f"not a GGUF file (bad magic {magic!r}): {path}")
+
+
+class Model:
+    """A GGUF model loaded by llama.cpp.
+
+    >>> model = pyturbo.Model()                  # the default model (SmolLM2-135M)
+    >>> ctx = model.context(n_ctx=4096, cache_k="q8_0", cache_v="turbo3")
+    """
+
+    def __init__(self, path: "str | os.PathLike | None" = None, n_gpu_layers: int = 0,
+                 *, use_mmap: bool = True, vocab_only: bool = False) -> None:
+        self.path = Path(path) if path is not None else default_model()
+        check_gguf_file(self.path)
+        params = llama.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.vocab_only = vocab_only
+        if not use_mmap:
+            params.load_mode = llama.LLAMA_LOAD_MODE_NONE
+        with _native.captured_log() as log:
+            handle = llama.llama_model_load_from_file(os.fsencode(self.path), params)
+        if handle == ffi.NULL:
+            reason = _native.last_problem(log) or "llama.cpp gave no reason"
+            raise InvalidModelError(f"could not load model {self.path}: {reason}")
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, llama.llama_model_free, handle)
+        self._vocab = llama.llama_model_get_vocab(handle)
+        self._contexts: weakref.WeakSet = weakref.WeakSet()
+
+    # -- lifetime ---------------------------------------------------------------
+
+    @property
+    def handle(self):
+        if not self._finalizer.alive:
+            raise PyturboError("this Model is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Free the model (and any context still open on it). Safe to call twice."""
+        for ctx in list(self._contexts):
+            ctx.close()
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.description
+        return f"<pyturbo.Model {self.path.name} ({state})>"
+
+    # -- facts about the model --------------------------------------------------
+
+    def metadata(self, key: str) -> "str | None":
+        """A GGUF metadata value as llama.cpp renders it, or None."""
+        size = 256
+        while True:
+            buf = ffi.new("char[]", size)
+            n = llama.llama_model_meta_val_str(self.handle, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return ffi.string(buf).decode("utf-8", "replace")
+            size = n + 1
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata("general.architecture") or "unknown"
+
+    @property
+    def description(self) -> str:
+        buf = ffi.new("char[]", 256)
+        llama.llama_model_desc(self.handle, buf, 256)
+        return ffi.string(buf).decode("utf-8", "replace")
+
+    @property
+    def n_layer(self) -> int:
+        return llama.llama_model_n_layer(self.handle)
+
+    @property
+    def n_head(self) -> int:
+        return llama.llama_model_n_head(self.handle)
+
+    @property
+    def n_head_kv(self) -> int:
+        return llama.llama_model_n_head_kv(self.handle)
+
+    @property
+    def n_embd(self) -> int:
+        return llama.llama_model_n_embd(self.handle)
+
+    @property
+    def n_ctx_train(self) -> int:
+        return llama.llama_model_n_ctx_train(self.handle)
+
+    @property
+    def n_params(self) -> int:
+        return llama.llama_model_n_params(self.handle)
+
+    @property
+    def size_bytes(self) -> int:
+        return llama.llama_model_size(self.handle)
+
+    def _head_size(self, kind: str) -> int:
+        value = self.metadata(f"{self.architecture}.attention.{kind}_length")
+        if value is not None:
+            return int(value)
+        return self.n_embd // max(self.n_head, 1)
+
+    @property
+    def head_size_k(self) -> int:
+        """Size of one K head (GGUF `attention.key_length`, else n_embd / n_head)."""
+        return self._head_size("key")
+
+    @property
+    def head_size_v(self) -> int:
+        """Size of one V head (GGUF `attention.value_length`, else n_embd / n_head)."""
+        return self._head_size("value")
+
+    @property
+    def chat_template(self) -> "str | None":
+        template = llama.llama_model_chat_template(self.handle, ffi.NULL)
+        return None if template == ffi.NULL else ffi.string(template).decode("utf-8", "replace")
+
+    @property
+    def vocab(self):
+        self.handle  # raises when closed
+        return self._vocab
+
+    def context(self, n_ctx: int = 4096, cache_k: str = "f16", cache_v: str = "f16",
+                flash_attn: "str | bool" = "auto", n_threads: "int | None" = None, seed: int = 0,
+                **kwargs) -> "Context":
+        """Create an inference context; see `pyturbo.Context` for the parameters."""
+        from .context import Context
+        ctx = Context(self, n_ctx=n_ctx, cache_k=cache_k, cache_v=cache_v, flash_attn=flash_attn,
+                      n_threads=n_threads, seed=seed, **kwargs)
+        self._contexts.add(ctx)
+        return ctx

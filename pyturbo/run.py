@@ -1,0 +1,113 @@
+"""Generate text from a GGUF model: python -m pyturbo.run [MODEL] -p PROMPT [-ctk T] [-ctv T] ...
+
+Streams the continuation to stdout and a summary (speeds, cache types and sizes)
+to stderr; --json prints one JSON object instead; --chat is an interactive chat.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ._cli import ArgumentParser, add_cache_flags, add_common_flags, run_main, setup_logging
+from .context import MiB
+from .model import Model
+
+PROG = "python -m pyturbo.run"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", default=None,
+                        help="GGUF file (default: SmolLM2-135M-Instruct, fetched once)")
+    parser.add_argument("-m", "--model", dest="model_flag", default=None, help="GGUF file (as llama.cpp's -m)")
+    parser.add_argument("-p", "--prompt", default="The capital of France is", help="prompt text")
+    parser.add_argument("-n", "--n-predict", dest="n_predict", type=int, default=64,
+                        help="tokens to generate (default 64)")
+    parser.add_argument("-c", "--ctx-size", dest="n_ctx", type=int, default=4096,
+                        help="context size in tokens (default 4096, 0 = the model's)")
+    add_cache_flags(parser)
+    add_common_flags(parser)
+    parser.add_argument("-s", "--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--temp", type=float, default=0.0, help="temperature (default 0 = greedy)")
+    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--context-shift", action="store_true",
+                        help="when the context fills up, drop older tokens and keep generating")
+    parser.add_argument("--chat", action="store_true", help="interactive multi-turn chat (Ctrl-D exits)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return parser
+
+
+def summary_line(ctx) -> str:
+    stats, kv = ctx.last_stats, ctx.kv_cache_bytes()
+    return (f"prompt: {stats.n_prompt} tokens, {stats.prompt_tps:.1f} t/s | "
+            f"generation: {stats.n_gen} tokens, {stats.gen_tps:.1f} t/s | "
+            f"cache K {ctx.cache_k.name} {kv['k'] / MiB:.2f} MiB, V {ctx.cache_v.name} {kv['v'] / MiB:.2f} MiB "
+            f"(n_ctx {ctx.n_ctx})")
+
+
+def sampling(args) -> dict:
+    return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                context_shift=args.context_shift)
+
+
+def run_once(ctx, args) -> None:
+    pieces = ctx.generate(args.prompt, args.n_predict, **sampling(args))
+    if args.json:
+        text = "".join(pieces)
+        stats, kv = ctx.last_stats, ctx.kv_cache_bytes()
+        print(json.dumps({
+            "text": text, "n_prompt": stats.n_prompt, "n_gen": stats.n_gen,
+            "prompt_tps": stats.prompt_tps, "gen_tps": stats.gen_tps,
+            "cache_k": ctx.cache_k.name, "cache_v": ctx.cache_v.name,
+            "kv_k_bytes": kv["k"], "kv_v_bytes": kv["v"], "n_ctx": ctx.n_ctx,
+            "stop_reason": stats.stop_reason,
+        }))
+        return
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    print(summary_line(ctx), file=sys.stderr)
+
+
+def chat_loop(ctx, args) -> None:
+    messages = []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        reply = []
+        for piece in ctx.chat(messages, args.n_predict, stream=True, **sampling(args)):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})
+        if args.verbose:
+            print(summary_line(ctx), file=sys.stderr)
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    with Model(args.model or args.model_flag, n_gpu_layers=args.n_gpu_layers) as model, \
+            model.context(n_ctx=args.n_ctx, cache_k=args.cache_k, cache_v=args.cache_v,
+                          flash_attn=args.flash_attn, n_threads=args.threads, seed=args.seed) as ctx:
+        if args.chat:
+            chat_loop(ctx, args)
+        else:
+            run_once(ctx, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(PROG, main))

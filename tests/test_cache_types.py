@@ -1,0 +1,29 @@
+"""pyturbo.cache_types(): the names usable for cache_k / cache_v, with their sizes."""
+
+import pytest
+
+import pyturbo
+from pyturbo.cache_types import UPSTREAM_CACHE_TYPES
+
+
+def test_upstream_cache_types_are_listed_in_llama_cpp_order_with_their_bits():
+    types = pyturbo.cache_types()
+    names = [t.name for t in types]
+    assert names[:len(UPSTREAM_CACHE_TYPES)] == list(UPSTREAM_CACHE_TYPES)
+    bits = {t.name: t.bits_per_value for t in types}
+    assert bits["f32"] == 32 and bits["f16"] == 16 and bits["bf16"] == 16
+    assert bits["q8_0"] == 8.5 and bits["q4_0"] == 4.5 and bits["q5_0"] == 5.5
+    assert bits["q4_1"] == 5.0 and bits["q5_1"] == 6.0 and bits["iq4_nl"] == 4.5
+
+
+def test_lookup_is_case_insensitive_and_accepts_ggml_ids():
+    assert pyturbo.cache_type("Q8_0").type_id == 8
+    assert pyturbo.cache_type(8).name == "q8_0"
+    assert pyturbo.cache_type("f16").row_bytes(128) == 256
+    assert pyturbo.cache_type("q4_0").row_bytes(64) == 36
+
+
+@pytest.mark.parametrize("bad", ["q3_0", "", "turbo9", 999, None])
+def test_unknown_names_raise_with_the_valid_list(bad):
+    with pytest.raises(pyturbo.CacheTypeError, match="valid cache types: f32, f16, bf16, q8_0"):
+        pyturbo.cache_type(bad)
