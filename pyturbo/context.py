@@ -228,6 +228,63 @@ class Context:
                 raise ContextError(f"could not evaluate {len(chunk)} tokens: {reason}")
             self._cached.extend(chunk)
 
+    def truncate(self, n_tokens: int) -> None:
+        """Keep only the first n_tokens of the cache (sequence 0)."""
+        if n_tokens < len(self._cached):
+            if not llama.llama_memory_seq_rm(self._memory, 0, n_tokens, -1):
+                raise ContextError(f"llama.cpp could not drop the cache after position {n_tokens}")
+            del self._cached[n_tokens:]
+
+    def decode(self, tokens: Sequence[int]) -> None:
+        """Evaluate tokens after those already in the cache (only the last one's logits are kept)."""
+        if len(self._cached) + len(tokens) > self.n_ctx:
+            raise ContextOverflowError(
+                f"{len(self._cached)} cached + {len(tokens)} new tokens do not fit a context of {self.n_ctx}")
+        self._decode(tokens)
+        llama.llama_synchronize(self.handle)
+
+    def score(self, tokens: Sequence[int], first_output: int = 0):
+        """Logits after each of tokens[first_output:], evaluated from an empty cache.
+
+        Returns a float32 numpy array of shape (len(tokens) - first_output, n_vocab):
+        row i holds the logits predicting tokens[first_output + i + 1].
+        """
+        import numpy as np
+
+        if len(tokens) > self.n_ctx:
+            raise ContextOverflowError(f"{len(tokens)} tokens do not fit a context of {self.n_ctx}")
+        if not 0 <= first_output < len(tokens):
+            raise ValueError(f"first_output must lie in [0, {len(tokens)}), got {first_output}")
+        self.reset()
+        n_vocab = self.model.n_vocab
+        rows = []
+        batch = llama.llama_batch_init(self.n_batch, 0, 1)
+        try:
+            for start in range(0, len(tokens), self.n_batch):
+                chunk = tokens[start:start + self.n_batch]
+                n_out = 0
+                for i, token in enumerate(chunk):
+                    batch.token[i] = token
+                    batch.pos[i] = start + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = start + i >= first_output
+                    n_out += start + i >= first_output
+                batch.n_tokens = len(chunk)
+                with _native.captured_log() as log:
+                    status = llama.llama_decode(self.handle, batch)
+                if status != 0:
+                    self.reset()
+                    reason = _native.last_problem(log) or f"llama_decode returned {status}"
+                    raise ContextError(f"could not evaluate {len(chunk)} tokens: {reason}")
+                self._cached.extend(chunk)
+                if n_out:
+                    logits = ffi.buffer(llama.llama_get_logits(self.handle), 4 * n_out * n_vocab)
+                    rows.append(np.frombuffer(logits, dtype=np.float32).reshape(n_out, n_vocab).copy())
+        finally:
+            llama.llama_batch_free(batch)
+        return np.concatenate(rows)
+
     def _load_prompt(self, tokens: list[int]) -> int:
         """Make the cache hold exactly `tokens`, reusing the common prefix; returns tokens evaluated."""
         keep = 0

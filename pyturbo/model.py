@@ -121,6 +121,10 @@ class Model:
         return llama.llama_model_n_embd(self.handle)
 
     @property
+    def n_vocab(self) -> int:
+        return llama.llama_vocab_n_tokens(self.vocab)
+
+    @property
     def n_ctx_train(self) -> int:
         return llama.llama_model_n_ctx_train(self.handle)
 
@@ -157,6 +161,15 @@ class Model:
     def vocab(self):
         self.handle  # raises when closed
         return self._vocab
+
+    @property
+    def bos(self) -> int:
+        return llama.llama_vocab_bos(self.vocab)
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether tokenizing with add_special=True puts BOS first."""
+        return bool(llama.llama_vocab_get_add_bos(self.vocab))
 
     def context(self, n_ctx: int = 4096, cache_k: str = "f16", cache_v: str = "f16",
                 flash_attn: "str | bool" = "auto", n_threads: "int | None" = None, seed: int = 0,

@@ -3,8 +3,8 @@
 Runs `llama-perplexity --kl-divergence` from the developer tools (README,
 "Developing") once per K/V configuration against one saved f16/f16 base, and
 prints one JSON record per configuration (type_k, type_v, bpv_k, bpv_v, kld,
-kld_p99, ppl, ppl_ratio, same_top). The text is the regular files of
-/usr/share/common-licenses in name order (symlinks skipped, so no file twice).
+kld_p99, ppl, ppl_ratio, same_top). The text is pyturbo's default text
+(pyturbo.assets.default_text: the Debian license texts, each file once).
 
     python docs/results/kld_llama_perplexity.py --bin build-dev/bin \\
         --model ~/.cache/pyturbo/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
@@ -23,15 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-BITS_PER_VALUE = {"f32": 32.0, "f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "q5_0": 5.5,
-                  "q4_1": 5.0, "q4_0": 4.5, "iq4_nl": 4.5, "turbo4": 4.25, "turbo3": 3.25, "turbo2": 2.25}
-LICENSES = Path("/usr/share/common-licenses")
-
-
-def license_text() -> str:
-    files = sorted(p for p in LICENSES.iterdir() if p.is_file() and not p.is_symlink())
-    return "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
-
+from pyturbo import cache_type
+from pyturbo.assets import default_text
 
 def perplexity(args, text: Path, type_k: str, type_v: str, *extra: str) -> str:
     command = [str(Path(args.bin) / "llama-perplexity"), "-m", args.model, "-f", str(text),
@@ -73,13 +66,13 @@ def main() -> None:
     configs = [tuple(c.split("/")) for c in args.configs.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "licenses.txt"
-        text.write_text(license_text(), encoding="utf-8")
+        text.write_text(default_text(), encoding="utf-8")
         base = Path(tmp) / "f16.kld"
         perplexity(args, text, "f16", "f16", "--kl-divergence-base", str(base))
         for type_k, type_v in tqdm(configs, desc="K/V configs", file=sys.stderr):
             log = perplexity(args, text, type_k, type_v, "--kl-divergence-base", str(base), "--kl-divergence")
             record = {"type_k": type_k, "type_v": type_v,
-                      "bpv_k": BITS_PER_VALUE[type_k], "bpv_v": BITS_PER_VALUE[type_v],
+                      "bpv_k": cache_type(type_k).bits_per_value, "bpv_v": cache_type(type_v).bits_per_value,
                       **parse_kld_report(log)}
             if args.label:
                 record["label"] = args.label
