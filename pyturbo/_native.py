@@ -31,7 +31,7 @@ def library_dir() -> Path:
 
     $PYTURBO_LIB_DIR if set; else this package's lib/; else, when this package is a
     source checkout (run from the repo root), the installed pyturbo's lib/, then
-    the newest build tree's lib/.
+    the newest build tree's bin/.
     """
     override = os.environ.get(LIB_DIR_ENV)
     if override:
@@ -43,7 +43,8 @@ def library_dir() -> Path:
         candidates.append(Path(distribution("pyturbo").locate_file("pyturbo/lib")))
     except PackageNotFoundError:
         pass
-    candidates += sorted(package_dir.parent.glob("build/*/lib"), key=lambda p: p.stat().st_mtime,
+    # llama.cpp's CMake writes libraries next to the tools, in <build>/bin
+    candidates += sorted(package_dir.parent.glob("build/*/bin"), key=lambda p: p.stat().st_mtime,
                          reverse=True)
     for candidate in candidates:
         if any(candidate.glob("libllama*")) or any(candidate.glob("llama.dll")):
@@ -57,9 +58,11 @@ def _library_path(directory: Path, name: str) -> Path:
     elif sys.platform == "win32":
         candidates = [directory / f"{name}.dll", directory / f"lib{name}.dll"]
     else:
-        # Prefer the SONAME file: it is the one the other libraries' DT_NEEDED name.
-        candidates = sorted(directory.glob(f"lib{name}.so.[0-9]*"), key=lambda p: len(p.name))
-        candidates.append(directory / f"lib{name}.so")
+        # The plain name first: it is the file llama-cpp-python loads, so a process using
+        # both loads one copy (an installed pyturbo/lib holds copies, not symlinks). The
+        # others' DT_NEEDED SONAMEs still resolve to it: the loader matches SONAMEs.
+        candidates = [directory / f"lib{name}.so"]
+        candidates += sorted(directory.glob(f"lib{name}.so.[0-9]*"), key=lambda p: len(p.name))
     for path in candidates:
         if path.exists():
             return path
@@ -107,8 +110,11 @@ class _LogBridge:
         self._level = logging.INFO
         self.recent: deque[tuple[int, str]] = deque(maxlen=200)
         self.captures: list[list[tuple[int, str]]] = []
+        self.forwards: list = []  # callables(level, text bytes): another binding's log handler
 
     def feed(self, level: int, text: str) -> None:
+        for forward in self.forwards:
+            forward(level, text.encode("utf-8"))
         with self._lock:
             if level != _LOG_LEVEL_CONT:
                 if self._partial:
@@ -148,7 +154,8 @@ def captured_log():
         yield lines
     finally:
         with _bridge._lock:
-            _bridge.captures.remove(lines)
+            # by identity: nested captures may hold equal lists
+            _bridge.captures = [c for c in _bridge.captures if c is not lines]
 
 
 def last_problem(lines: list[tuple[int, str]]) -> str:
@@ -163,7 +170,15 @@ def last_problem(lines: list[tuple[int, str]]) -> str:
     return ""
 
 
-llama.llama_log_set(_log_callback, ffi.NULL)
+def install_log_bridge(forward=None) -> None:
+    """Make pyturbo's bridge llama.cpp's log handler again (one process has one), passing
+    each fragment on to `forward(level, text)` too, e.g. llama-cpp-python's handler."""
+    if forward is not None and forward not in _bridge.forwards:
+        _bridge.forwards.append(forward)
+    llama.llama_log_set(_log_callback, ffi.NULL)
+
+
+install_log_bridge()
 llama.llama_backend_init()
 
 

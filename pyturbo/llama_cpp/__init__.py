@@ -1,0 +1,145 @@
+"""llama-cpp-python on pyturbo's library: existing Llama(...) code gets turbo caches.
+
+    import pyturbo.llama_cpp as ptl          # before llama_cpp is first imported
+    from llama_cpp import Llama
+
+    llm = Llama(model_path="model.gguf", n_ctx=8192, **ptl.llama_kwargs(cache_k="q8_0", cache_v="turbo3"))
+
+Importing this module points llama-cpp-python at pyturbo/lib (LLAMA_CPP_LIB_PATH),
+checks that the installed llama-cpp-python is the release whose llama.h matches
+pyturbo's pin, and that its ctypes structs have the sizes of pyturbo's build.
+llama-cpp-python's own native build is not needed:
+
+    CMAKE_ARGS="-DLLAMA_BUILD=OFF" pip install "llama-cpp-python==0.3.36"
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+from .. import _native
+from ..cache_types import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4
+from ..cache_types import cache_type as _cache_type
+from ..errors import CacheTypeError, PyturboError
+
+# llama-cpp-python's release that vendors the same llama.cpp commit as vendor/llama-cpp.pin.
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+INSTALL_HINT = f'CMAKE_ARGS="-DLLAMA_BUILD=OFF" pip install "llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"'
+# ctypes structs of llama_cpp checked against pyturbo's declarations (same names in llama.h).
+CHECKED_STRUCTS = ("llama_context_params", "llama_model_params", "llama_batch")
+
+__all__ = ["enable", "cache_type", "llama_kwargs", "LlamaCppError", "GGML_TYPE_TURBO2", "GGML_TYPE_TURBO3",
+           "GGML_TYPE_TURBO4", "LLAMA_CPP_PYTHON_VERSION"]
+
+
+class LlamaCppError(PyturboError):
+    """llama-cpp-python cannot be pointed at pyturbo's library (wrong version, imported too early, ...)."""
+
+
+def installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        raise LlamaCppError(f"llama-cpp-python is not installed; install it without its own native build: "
+                            f"{INSTALL_HINT}") from None
+
+
+def check_version() -> None:
+    found = installed_version()
+    if found != LLAMA_CPP_PYTHON_VERSION:
+        raise LlamaCppError(
+            f"llama-cpp-python {found} is installed, but pyturbo's library matches llama-cpp-python "
+            f"{LLAMA_CPP_PYTHON_VERSION} (llama.cpp 0c1e57098); install that one: {INSTALL_HINT}")
+
+
+def check_not_loaded_elsewhere(lib_dir: Path) -> None:
+    """Refuse a llama_cpp that was imported with another libllama (two llama.cpp in one process)."""
+    bindings = sys.modules.get("llama_cpp.llama_cpp")
+    if bindings is None:
+        return
+    loaded = Path(getattr(bindings, "_base_path", "")).resolve()
+    if loaded != lib_dir.resolve():
+        raise LlamaCppError(
+            f"llama_cpp was imported before pyturbo.llama_cpp and loaded its own library from {loaded}; "
+            "import pyturbo.llama_cpp (or call pyturbo.llama_cpp.enable()) before anything imports llama_cpp")
+
+
+def check_struct_sizes(bindings) -> None:
+    for name in CHECKED_STRUCTS:
+        theirs = ctypes.sizeof(getattr(bindings, name))
+        ours = _native.ffi.sizeof(f"struct {name}")
+        if theirs != ours:
+            raise LlamaCppError(
+                f"llama-cpp-python's {name} is {theirs} bytes but pyturbo's library uses {ours}: "
+                f"the two were built from different llama.h; install {INSTALL_HINT}")
+
+
+def forward_log_to(bindings, bindings_logger) -> None:
+    """llama_cpp installs its own llama.cpp log handler on import; make pyturbo's bridge the
+    handler again (pyturbo reads llama.cpp's errors and allocation reports from it) and
+    pass every fragment on to llama_cpp's, so Llama(verbose=True) still prints.
+
+    At exit llama_cpp's handler takes over again: Llama objects are freed during the
+    interpreter's final teardown, when a call into pyturbo's cffi callback crashes.
+    """
+    handler = bindings_logger.llama_log_callback
+    _native.install_log_bridge(lambda level, text: handler(level, text, None))
+    atexit.register(bindings.llama_log_set, handler, ctypes.c_void_p(0))
+
+
+_enabled = False
+
+
+def enable() -> None:
+    """Point llama-cpp-python at pyturbo's library and check it fits; safe to call twice."""
+    global _enabled
+    if _enabled:
+        return
+    lib_dir = _native.library_dir()
+    check_version()
+    check_not_loaded_elsewhere(lib_dir)
+    os.environ["LLAMA_CPP_LIB_PATH"] = str(lib_dir)
+    import llama_cpp  # noqa: F401  (loads the library now, from lib_dir)
+    import llama_cpp._logger as bindings_logger
+    import llama_cpp.llama_cpp as bindings
+
+    check_struct_sizes(bindings)
+    forward_log_to(bindings, bindings_logger)
+    _enabled = True
+
+
+def cache_type(name: str) -> int:
+    """The ggml type id llama-cpp-python's type_k / type_v take, by cache type name ("turbo3" -> 44)."""
+    return _cache_type(name).type_id
+
+
+def llama_kwargs(cache_k: str = "f16", cache_v: str = "f16", flash_attn: "bool | None" = None, **kwargs) -> dict:
+    """Keyword arguments for llama_cpp.Llama with cache types by name.
+
+    flash_attn defaults to on whenever a cache is quantized (llama-cpp-python's
+    default, off, cannot hold a quantized V cache); passing flash_attn=False with
+    a quantized V is refused here rather than by llama.cpp's log line.
+    """
+    k, v = _cache_type(cache_k), _cache_type(cache_v)
+    if flash_attn is None:
+        flash_attn = k.quantized or v.quantized
+    if v.quantized and not flash_attn:
+        raise CacheTypeError(f"the quantized V cache type {v.name} requires flash attention (flash_attn=True)")
+    return {**kwargs, "type_k": k.type_id, "type_v": v.type_id, "flash_attn": bool(flash_attn)}
+
+
+def started_as_server() -> bool:
+    """Whether this process is `python -m pyturbo.llama_cpp.server` (which enables the
+    library itself, so that a failure is one line on stderr rather than a traceback)."""
+    argv = getattr(sys, "orig_argv", [])
+    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] == __name__ + ".server"
+
+
+if not started_as_server():
+    enable()
