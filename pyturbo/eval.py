@@ -295,7 +295,8 @@ def niah(model: "Model | str | os.PathLike", lengths: Sequence[int], depths: Seq
                 with model.context(n_ctx=length, cache_k=type_k.name, cache_v=type_v.name,
                                    flash_attn=flash_attn, n_threads=n_threads) as ctx:
                     filler = ctx.tokenize(filler_text, add_special=False)
-                    for depth in depths:
+                    # deepest needle first: each later prompt reuses the cached filler before its needle
+                    for depth in sorted(depths, reverse=True):
                         bar.set_postfix_str(f"{type_k.name}/{type_v.name} {length} @ {depth:g}")
                         passed = 0
                         for trial in range(trials):
@@ -308,7 +309,9 @@ def niah(model: "Model | str | os.PathLike", lengths: Sequence[int], depths: Seq
                             bar.update()
                         results.append(NeedleResult(type_k.name, type_v.name, length, depth, trials, passed))
         bar.close()
-        return results
+        order = {(k.name, v.name, n, d): i for i, (k, v, n, d) in
+                 enumerate((k, v, n, d) for k, v in pairs for n in lengths for d in depths)}
+        return sorted(results, key=lambda r: order[r.type_k, r.type_v, r.length, r.depth])
     finally:
         if owned:
             model.close()
