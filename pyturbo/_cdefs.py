@@ -284,6 +284,39 @@ struct llama_sampler * llama_sampler_init_temp(float t);
 llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx);
 void llama_sampler_accept(struct llama_sampler * smpl, llama_token token);
 void llama_sampler_free(struct llama_sampler * smpl);
+
+struct llama_model_imatrix_data {
+    const char * name;
+    const float * data;
+    size_t size;
+};
+
+struct llama_model_tensor_override {
+    const char * pattern;
+    enum ggml_type type;
+};
+
+typedef struct llama_model_quantize_params {
+    int32_t nthread;
+    enum llama_ftype ftype;
+    enum ggml_type output_tensor_type;
+    enum ggml_type token_embedding_type;
+    bool allow_requantize;
+    bool quantize_output_tensor;
+    bool only_copy;
+    bool pure;
+    bool keep_split;
+    bool dry_run;
+    const struct llama_model_imatrix_data * imatrix;
+    const struct llama_model_kv_override * kv_overrides;
+    const struct llama_model_tensor_override * tt_overrides;
+    const int32_t * prune_layers;
+    size_t max_buf_size;
+} llama_model_quantize_params;
+
+struct llama_model_quantize_params llama_model_quantize_default_params(void);
+uint32_t llama_model_quantize(const char * fname_inp, const char * fname_out,
+                              const llama_model_quantize_params * params);
 """
 
 # Structs whose layout must match the C compiler's (checked by tests/test_cdefs.py).
@@ -296,4 +329,7 @@ CHECKED_STRUCTS = (
     "struct llama_sampler_chain_params",
     "struct ggml_type_traits",
     "struct ggml_type_traits_cpu",
+    "struct llama_model_quantize_params",
+    "struct llama_model_imatrix_data",
+    "struct llama_model_tensor_override",
 )

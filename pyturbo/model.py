@@ -31,11 +31,19 @@ class Model:
 
     >>> model = pyturbo.Model()                  # the default model (SmolLM2-135M)
     >>> ctx = model.context(n_ctx=4096, cache_k="q8_0", cache_v="turbo3")
+    >>> pyturbo.Model("models/", quant="q4_K_M")  # the Q4_K_M file of a folder of quants
+
+    quant: a weight type (any llama-quantize name, any case). The path may then
+    also be a folder or a glob pattern of several quants of one model; a 16/32-bit
+    file is quantized once into the cache dir (see pyturbo.quantize.select_quant).
     """
 
     def __init__(self, path: "str | os.PathLike | None" = None, n_gpu_layers: int = 0,
-                 *, use_mmap: bool = True, vocab_only: bool = False) -> None:
+                 *, use_mmap: bool = True, vocab_only: bool = False, quant: "str | None" = None) -> None:
         self.path = Path(path) if path is not None else default_model()
+        if quant is not None:
+            from .quantize import select_quant  # the quantize tool is only needed to pick a quant
+            self.path = select_quant(self.path, quant)
         check_gguf_file(self.path)
         params = llama.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers

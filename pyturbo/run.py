@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from ._cli import ArgumentParser, add_cache_flags, add_common_flags, run_main, setup_logging
+from .assets import default_model
 from .context import MiB
 from .model import Model
+from .quantize import select_quant
 
 PROG = "python -m pyturbo.run"
 
@@ -21,6 +24,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("model", nargs="?", default=None,
                         help="GGUF file (default: SmolLM2-135M-Instruct, fetched once)")
     parser.add_argument("-m", "--model", dest="model_flag", default=None, help="GGUF file (as llama.cpp's -m)")
+    parser.add_argument("--quant", metavar="TYPE", default=None,
+                        help="weight type to load (Q4_K_M, Q8_0, ...): picked from a folder or glob pattern "
+                             "of quants, or quantized once from a 16/32-bit GGUF into the cache dir")
     parser.add_argument("-p", "--prompt", default="The capital of France is", help="prompt text")
     parser.add_argument("-n", "--n-predict", dest="n_predict", type=int, default=64,
                         help="tokens to generate (default 64)")
@@ -96,10 +102,19 @@ def chat_loop(ctx, args) -> None:
             print(summary_line(ctx), file=sys.stderr)
 
 
+def model_path(args) -> "str | Path | None":
+    """The GGUF file to load: the one named, or with --quant the file of that type (made once if needed)."""
+    path = args.model or args.model_flag
+    if args.quant is None:
+        return path
+    return select_quant(path if path is not None else default_model(), args.quant, threads=args.threads,
+                        progress=True)
+
+
 def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    with Model(args.model or args.model_flag, n_gpu_layers=args.n_gpu_layers) as model, \
+    with Model(model_path(args), n_gpu_layers=args.n_gpu_layers) as model, \
             model.context(n_ctx=args.n_ctx, cache_k=args.cache_k, cache_v=args.cache_v,
                           flash_attn=args.flash_attn, n_threads=args.threads, seed=args.seed) as ctx:
         if args.chat:
