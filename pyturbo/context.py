@@ -19,7 +19,7 @@ FLASH_ATTN_MODES = {"auto": -1, "off": 0, "on": 1}
 
 # llama_kv_cache logs its allocation once per cache (two for sliding-window models):
 # "llama_kv_cache: size = 15.00 MiB (4096 cells, 30 layers, 1/1 seqs), K (f16): 7.50 MiB, V (f16): 7.50 MiB"
-_KV_SIZE_LINE = re.compile(
+KV_SIZE_LINE = re.compile(
     r"size = +([\d.]+) MiB \( *(\d+) cells, *(\d+) layers.*K \((\w+)\): +([\d.]+) MiB, V \((\w+)\): +([\d.]+) MiB")
 
 MiB = 1 << 20
@@ -420,7 +420,7 @@ class Context:
 def _kv_bytes_from_log(log) -> dict:
     k = v = 0.0
     for _, line in log:
-        match = _KV_SIZE_LINE.search(line)
+        match = KV_SIZE_LINE.search(line)
         if match:
             k += float(match.group(5))
             v += float(match.group(7))

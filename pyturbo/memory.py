@@ -30,7 +30,6 @@ llama.cpp's allocation log, so estimates can be checked.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -41,8 +40,9 @@ from typing import Iterable, Sequence
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from . import _native
 from .cache_types import CacheType, cache_type
-from .context import FLASH_ATTN_MODES, check_cache_settings, flash_attn_mode, rotation_disabled
+from .context import FLASH_ATTN_MODES, KV_SIZE_LINE, check_cache_settings, flash_attn_mode, rotation_disabled
 from .errors import CacheTypeError, InvalidModelError, ModelNotFoundError, PyturboError
 
 KiB = 1 << 10
@@ -763,8 +763,6 @@ def max_context(model, memory: int, cache_k: str = "f16", cache_v: str = "f16", 
 
 # What llama.cpp logs when it allocates (src/llama-kv-cache.cpp, llama-memory-recurrent.cpp,
 # llama-context.cpp); MiB with two decimals, the destructor's compute line with four.
-_KV_LINE = re.compile(r"llama_kv_cache.*: size = +([\d.]+) MiB \( *(\d+) cells.*K \((\w+)\): +([\d.]+) MiB, "
-                      r"V \((\w+)\): +([\d.]+) MiB")
 _RECURRENT_LINE = re.compile(r"llama_memory_recurrent.*: size = +[\d.]+ MiB.*R \(\w+\): +([\d.]+) MiB, "
                              r"S \(\w+\): +([\d.]+) MiB")
 _COMPUTE_FINAL_LINE = re.compile(r"(\S+) compute buffer size is +([\d.]+) MiB")
@@ -779,33 +777,6 @@ class MemoryMeasurement(MemoryEstimate):
     resolution: int = 0   # the largest rounding error of a figure (MiB printed with 2 decimals)
     kv_logged: list = field(default_factory=list)  # (K MiB, V MiB) as llama.cpp printed them, per cache
     log: list = field(default_factory=list, repr=False)
-
-
-class _LogLines(logging.Handler):
-    """Collects llama.cpp's log lines (pyturbo.llama_cpp logger, debug level included)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-class _capture_llama_log:
-    """`with` block that lowers the llama.cpp logger to DEBUG and collects its lines."""
-
-    def __enter__(self) -> list:
-        self.logger = logging.getLogger("pyturbo.llama_cpp")
-        self.handler = _LogLines()
-        self.level = self.logger.level
-        self.logger.setLevel(logging.DEBUG)
-        self.logger.addHandler(self.handler)
-        return self.handler.lines
-
-    def __exit__(self, *exc) -> None:
-        self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self.level)
 
 
 def llama_mib(n_bytes: int) -> str:
@@ -826,11 +797,11 @@ def parse_allocation_log(lines: Iterable[str]) -> dict:
     sizes = {"kv_k": 0, "kv_v": 0, "recurrent": 0, "compute": 0, "cells": [], "kv_logged": [], "n_rounded": 0}
     compute_final, compute_reserved = {}, {}
     for line in lines:
-        if (m := _KV_LINE.search(line)):
-            sizes["kv_k"] += _mib(m.group(4))
-            sizes["kv_v"] += _mib(m.group(6))
+        if (m := KV_SIZE_LINE.search(line)):
+            sizes["kv_k"] += _mib(m.group(5))
+            sizes["kv_v"] += _mib(m.group(7))
             sizes["cells"].append(int(m.group(2)))
-            sizes["kv_logged"].append((m.group(4), m.group(6)))
+            sizes["kv_logged"].append((m.group(5), m.group(7)))
             sizes["n_rounded"] += 2
         elif (m := _RECURRENT_LINE.search(line)):
             sizes["recurrent"] += _mib(m.group(1)) + _mib(m.group(2))
@@ -869,12 +840,13 @@ def measure(model, n_ctx: int, cache_k: str = "f16", cache_v: str = "f16", n_seq
     if owned:
         model = Model(model, n_gpu_layers=n_gpu_layers)
     try:
-        with _capture_llama_log() as lines:
+        with _native.captured_log() as log:
             ctx = model.context(n_ctx=n_ctx, cache_k=cache_k, cache_v=cache_v, flash_attn=flash_attn,
                                 n_threads=1, **context_kwargs)
             actual_ctx = ctx.n_ctx
             names = (ctx.cache_k.name, ctx.cache_v.name)
             ctx.close()
+        lines = [line for _, line in log]
         sizes = parse_allocation_log(lines)
         weights = model.size_bytes
     finally:

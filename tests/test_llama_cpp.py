@@ -15,7 +15,7 @@ import pytest
 
 import pyturbo
 from pyturbo._native import library_dir
-from pyturbo.context import _KV_SIZE_LINE, MiB
+from pyturbo.context import KV_SIZE_LINE, MiB
 
 CHILD_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -69,7 +69,7 @@ def test_llama_generates_with_a_turbo_v_cache_of_pyturbos_size(ptl, smol_path, s
     finally:
         llm.close()
     # llama.cpp's own allocation report, as llama-cpp-python's verbose log printed it
-    theirs = _KV_SIZE_LINE.search(allocation)
+    theirs = KV_SIZE_LINE.search(allocation)
     assert theirs and (theirs.group(4), theirs.group(6)) == ("q8_0", "turbo3"), allocation[-2000:]
     with smol_model.context(n_ctx=2048, cache_k="q8_0", cache_v="turbo3", flash_attn="on") as ctx:
         ours = ctx.kv_cache_bytes()
