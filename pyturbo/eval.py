@@ -197,7 +197,8 @@ def kld_to_markdown(results: Sequence[KLDResult]) -> str:
 def upstream_frontier(results: Sequence[KLDResult]) -> list[tuple[float, float]]:
     """(bits per value, KLD) points of the upstream types that no cheaper upstream point beats."""
     points = sorted(((r.bpv_k + r.bpv_v) / 2, r.kld) for r in results
-                    if r.type_k in UPSTREAM_CACHE_TYPES and r.type_v in UPSTREAM_CACHE_TYPES and r.kld > 0)
+                    if r.type_k in UPSTREAM_CACHE_TYPES and r.type_v in UPSTREAM_CACHE_TYPES
+                    and (r.type_k, r.type_v) != REFERENCE)
     frontier, best = [], math.inf
     for bits, value in points:
         if value < best:
@@ -211,7 +212,7 @@ def plot_kld(results: Sequence[KLDResult], path: "str | os.PathLike", title: str
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in results:
-        if r.kld <= 0:
+        if (r.type_k, r.type_v) == REFERENCE:  # KLD ~0 by definition: only float16 noise
             continue
         turbo = r.type_k.startswith("turbo") or r.type_v.startswith("turbo")
         bits = (r.bpv_k + r.bpv_v) / 2
