@@ -12,8 +12,9 @@
 // Default scale LSQ_NORM: re-pick the codes with least-squares scales (lowest
 // MSE), then store the corrected-norm scale (the block keeps its L2 norm; the
 // least-squares scale shrinks blocks, which biases attention outputs). On
-// SmolLM2-135M it gave the lowest KLD of the three for turbo4/turbo4 and for
-// q8_0/turbo3 (docs/results/kld-smollm2.md).
+// SmolLM2-135M it gave the lowest KLD of the three as V behind a q8_0 K, the
+// configuration we recommend; LSQ is 4% better for symmetric turbo4
+// (docs/results/kld-smollm2.md).
 
 #define GGML_COMMON_IMPL_C
 #include "ggml-common.h"
