@@ -55,8 +55,9 @@ def translate_argv(argv: list[str]) -> list[str]:
     for flag in CACHE_FLAGS:
         if flag in values:
             value = values[flag]
-            names[flag] = cache_type(int(value) if value.lstrip("-").isdigit() else value).name
-            argv = replace_flag(argv, flag, str(cache_type(names[flag]).type_id))
+            ctype = cache_type(int(value) if value.lstrip("-").isdigit() else value)
+            names[flag] = ctype.name
+            argv = replace_flag(argv, flag, str(ctype.type_id))
     flash_attn = None
     if "--flash_attn" in values:
         flash_attn = values["--flash_attn"].strip().lower() in ("1", "true", "yes", "on")
