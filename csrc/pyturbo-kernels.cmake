@@ -30,8 +30,13 @@ foreach(target IN LISTS pyturbo_ggml_targets)
     if(NOT target MATCHES "^ggml-cpu(-.+)?$" OR target MATCHES "-feats$")
         continue()
     endif()
+    # arch/<arch>/turbo.c compile to nothing on other targets (see cpu/turbo-impl.h)
     target_sources(${target} PRIVATE
         ${PYTURBO_CSRC_DIR}/cpu/turbo.h
-        ${PYTURBO_CSRC_DIR}/cpu/turbo.c)
+        ${PYTURBO_CSRC_DIR}/cpu/turbo-impl.h
+        ${PYTURBO_CSRC_DIR}/cpu/turbo.c
+        ${PYTURBO_CSRC_DIR}/cpu/arch/x86/turbo.c
+        ${PYTURBO_CSRC_DIR}/cpu/arch/arm/turbo.c
+        ${PYTURBO_CSRC_DIR}/cpu/turbo-fattn.cpp)
     target_include_directories(${target} PRIVATE ${PYTURBO_CSRC_DIR} ${PYTURBO_CSRC_DIR}/cpu)
 endforeach()

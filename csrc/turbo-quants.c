@@ -49,14 +49,14 @@ static inline uint8_t turbo_pick(float y, const float * thr, int nthr) {
     return (uint8_t) code;
 }
 
-static void turbo_pick_block(const float * x, float inv_scale, const float * thr, int nthr, uint8_t * codes) {
+static void turbo_pick_block(const float * GGML_RESTRICT x, float inv_scale, const float * GGML_RESTRICT thr, int nthr, uint8_t * GGML_RESTRICT codes) {
     for (int j = 0; j < QK_TURBO; ++j) {
         codes[j] = turbo_pick(x[j] * inv_scale, thr, nthr);
     }
 }
 
 // Picks the codes of one block and returns its scale d.
-static float turbo_quantize_block(const float * x, const float * values, const float * thr, int nthr, uint8_t * codes) {
+static float turbo_quantize_block(const float * x, const float * values, const float * thr, int nthr, uint8_t * codes, turbo_pick_codes_t pick) {
     float sumsq = 0.0f;
     for (int j = 0; j < QK_TURBO; ++j) {
         sumsq += x[j] * x[j];
@@ -68,7 +68,7 @@ static float turbo_quantize_block(const float * x, const float * values, const f
     }
 
     // First pick: scale the block to unit variance, sigma = ||x|| / sqrt(QK).
-    turbo_pick_block(x, sqrtf(QK_TURBO / sumsq), thr, nthr, codes);
+    pick(x, sqrtf(QK_TURBO / sumsq), thr, nthr, codes);
 
 #if PYTURBO_TURBO_SCALE == PYTURBO_TURBO_SCALE_LSQ || PYTURBO_TURBO_SCALE == PYTURBO_TURBO_SCALE_LSQ_NORM
     // Least squares: d = <x, c> / <c, c>, then re-pick the codes at the new
@@ -94,7 +94,7 @@ static float turbo_quantize_block(const float * x, const float * values, const f
             break;
         }
 #endif
-        turbo_pick_block(x, 1.0f / d, thr, nthr, codes);
+        pick(x, 1.0f / d, thr, nthr, codes);
     }
 #elif PYTURBO_TURBO_SCALE != PYTURBO_TURBO_SCALE_NORM
 #error "PYTURBO_TURBO_SCALE must be PYTURBO_TURBO_SCALE_NORM, _LSQ or _LSQ_NORM"
@@ -109,12 +109,16 @@ static float turbo_quantize_block(const float * x, const float * values, const f
 }
 
 void quantize_row_turbo2_ref(const float * GGML_RESTRICT x, block_turbo2 * GGML_RESTRICT y, int64_t k) {
+    quantize_row_turbo2_impl(x, y, k, turbo_pick_block);
+}
+
+void quantize_row_turbo2_impl(const float * GGML_RESTRICT x, block_turbo2 * GGML_RESTRICT y, int64_t k, turbo_pick_codes_t pick) {
     assert(k % QK_TURBO2 == 0);
     const int64_t nb = k / QK_TURBO2;
     uint8_t codes[QK_TURBO2];
 
     for (int64_t i = 0; i < nb; ++i) {
-        const float d = turbo_quantize_block(x + i*QK_TURBO2, kvalues_turbo2, kthresh_turbo2, 3, codes);
+        const float d = turbo_quantize_block(x + i*QK_TURBO2, kvalues_turbo2, kthresh_turbo2, 3, codes, pick);
         y[i].d = GGML_FP32_TO_FP16(d);
         for (int j = 0; j < QK_TURBO2/4; ++j) {
             y[i].qs[j] = codes[j] | (codes[j + 16] << 2) | (codes[j + 32] << 4) | (codes[j + 48] << 6);
@@ -123,12 +127,16 @@ void quantize_row_turbo2_ref(const float * GGML_RESTRICT x, block_turbo2 * GGML_
 }
 
 void quantize_row_turbo3_ref(const float * GGML_RESTRICT x, block_turbo3 * GGML_RESTRICT y, int64_t k) {
+    quantize_row_turbo3_impl(x, y, k, turbo_pick_block);
+}
+
+void quantize_row_turbo3_impl(const float * GGML_RESTRICT x, block_turbo3 * GGML_RESTRICT y, int64_t k, turbo_pick_codes_t pick) {
     assert(k % QK_TURBO3 == 0);
     const int64_t nb = k / QK_TURBO3;
     uint8_t codes[QK_TURBO3];
 
     for (int64_t i = 0; i < nb; ++i) {
-        const float d = turbo_quantize_block(x + i*QK_TURBO3, kvalues_turbo3, kthresh_turbo3, 7, codes);
+        const float d = turbo_quantize_block(x + i*QK_TURBO3, kvalues_turbo3, kthresh_turbo3, 7, codes, pick);
         y[i].d = GGML_FP32_TO_FP16(d);
         for (int j = 0; j < QK_TURBO3/4; ++j) {
             y[i].qs[j] = (codes[j] & 3) | ((codes[j + 16] & 3) << 2) | ((codes[j + 32] & 3) << 4) | ((codes[j + 48] & 3) << 6);
@@ -144,12 +152,16 @@ void quantize_row_turbo3_ref(const float * GGML_RESTRICT x, block_turbo3 * GGML_
 }
 
 void quantize_row_turbo4_ref(const float * GGML_RESTRICT x, block_turbo4 * GGML_RESTRICT y, int64_t k) {
+    quantize_row_turbo4_impl(x, y, k, turbo_pick_block);
+}
+
+void quantize_row_turbo4_impl(const float * GGML_RESTRICT x, block_turbo4 * GGML_RESTRICT y, int64_t k, turbo_pick_codes_t pick) {
     assert(k % QK_TURBO4 == 0);
     const int64_t nb = k / QK_TURBO4;
     uint8_t codes[QK_TURBO4];
 
     for (int64_t i = 0; i < nb; ++i) {
-        const float d = turbo_quantize_block(x + i*QK_TURBO4, kvalues_turbo4, kthresh_turbo4, 15, codes);
+        const float d = turbo_quantize_block(x + i*QK_TURBO4, kvalues_turbo4, kthresh_turbo4, 15, codes, pick);
         y[i].d = GGML_FP32_TO_FP16(d);
         for (int j = 0; j < QK_TURBO4/2; ++j) {
             y[i].qs[j] = codes[j] | (codes[j + 32] << 4);

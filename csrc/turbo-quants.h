@@ -19,6 +19,17 @@ extern "C" {
 #define PYTURBO_TURBO_SCALE_LSQ      1
 #define PYTURBO_TURBO_SCALE_LSQ_NORM 2
 
+// Picks the codes of one block of QK_TURBO values: codes[j] = the number of
+// thresholds thr[0..nthr) below x[j] * inv_scale. The reference is scalar; the
+// CPU backend passes a SIMD one (the same comparisons, so the same codes).
+typedef void (*turbo_pick_codes_t)(const float * GGML_RESTRICT x, float inv_scale, const float * GGML_RESTRICT thr, int nthr, uint8_t * GGML_RESTRICT codes);
+
+// Quantizers with the code picker as a parameter; the block scale is always
+// computed here, in one place, so every caller gets identical scales.
+GGML_API void quantize_row_turbo2_impl(const float * GGML_RESTRICT x, block_turbo2 * GGML_RESTRICT y, int64_t k, turbo_pick_codes_t pick);
+GGML_API void quantize_row_turbo3_impl(const float * GGML_RESTRICT x, block_turbo3 * GGML_RESTRICT y, int64_t k, turbo_pick_codes_t pick);
+GGML_API void quantize_row_turbo4_impl(const float * GGML_RESTRICT x, block_turbo4 * GGML_RESTRICT y, int64_t k, turbo_pick_codes_t pick);
+
 GGML_API void quantize_row_turbo2_ref(const float * GGML_RESTRICT x, block_turbo2 * GGML_RESTRICT y, int64_t k);
 GGML_API void quantize_row_turbo3_ref(const float * GGML_RESTRICT x, block_turbo3 * GGML_RESTRICT y, int64_t k);
 GGML_API void quantize_row_turbo4_ref(const float * GGML_RESTRICT x, block_turbo4 * GGML_RESTRICT y, int64_t k);

@@ -1,8 +1,9 @@
 // pyturbo: CPU kernels of the turbo KV-cache types, scalar reference versions.
 //
-// One function per (type, job). SIMD variants go beside these later, chosen
-// the way ggml chooses its arch files: csrc/cpu/arch/<arch>/turbo.c defines
-// the fast function and the scalar one here becomes its *_generic fallback.
+// These are the *_generic functions of turbo-impl.h: the reference that the
+// SIMD kernels in arch/<arch>/turbo.c must match, and the kernels themselves on
+// targets without one. quantize_row_turboN (from_float) is shared: the block
+// scale is computed by turbo-quants.c, only the code picker is per arch.
 //
 // vec_dot_type is F32: the query stays exact (no q8_0 rounding on top of a
 // 2-4 bit key, which matters most for the fragile symmetric configurations),
@@ -13,7 +14,7 @@
 #define GGML_COMMON_IMPL_C
 #include "ggml-common.h"
 
-#include "turbo.h"
+#include "turbo-impl.h"
 #include "turbo-quants.h"   // includes turbo-common.h, here with the codebooks
 #include "ggml-cpu-impl.h"
 #include "simd-mappings.h"
@@ -21,18 +22,41 @@
 #include <assert.h>
 
 void quantize_row_turbo2(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
-    quantize_row_turbo2_ref(x, (block_turbo2 *) y, k);
+    quantize_row_turbo2_impl(x, (block_turbo2 *) y, k, pyturbo_pick_codes);
 }
 
 void quantize_row_turbo3(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
-    quantize_row_turbo3_ref(x, (block_turbo3 *) y, k);
+    quantize_row_turbo3_impl(x, (block_turbo3 *) y, k, pyturbo_pick_codes);
 }
 
 void quantize_row_turbo4(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
-    quantize_row_turbo4_ref(x, (block_turbo4 *) y, k);
+    quantize_row_turbo4_impl(x, (block_turbo4 *) y, k, pyturbo_pick_codes);
 }
 
-void ggml_vec_dot_turbo2_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
+void pyturbo_pick_codes_generic(const float * GGML_RESTRICT x, float inv_scale, const float * GGML_RESTRICT thr, int nthr, uint8_t * GGML_RESTRICT codes) {
+    for (int j = 0; j < QK_TURBO; ++j) {
+        const float y = x[j] * inv_scale;
+        int code = 0;
+        for (int t = 0; t < nthr; ++t) {
+            code += y > thr[t];
+        }
+        codes[j] = (uint8_t) code;
+    }
+}
+
+void pyturbo_dequantize_row_turbo2_generic(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    dequantize_row_turbo2((const block_turbo2 *) x, y, k);
+}
+
+void pyturbo_dequantize_row_turbo3_generic(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    dequantize_row_turbo3((const block_turbo3 *) x, y, k);
+}
+
+void pyturbo_dequantize_row_turbo4_generic(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    dequantize_row_turbo4((const block_turbo4 *) x, y, k);
+}
+
+void ggml_vec_dot_turbo2_f32_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
     assert(nrc == 1);
     assert(n % QK_TURBO2 == 0);
     GGML_UNUSED(nrc); GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by);
@@ -56,7 +80,7 @@ void ggml_vec_dot_turbo2_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
     *s = sumf;
 }
 
-void ggml_vec_dot_turbo3_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
+void ggml_vec_dot_turbo3_f32_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
     assert(nrc == 1);
     assert(n % QK_TURBO3 == 0);
     GGML_UNUSED(nrc); GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by);
@@ -82,7 +106,7 @@ void ggml_vec_dot_turbo3_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
     *s = sumf;
 }
 
-void ggml_vec_dot_turbo4_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
+void ggml_vec_dot_turbo4_f32_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
     assert(nrc == 1);
     assert(n % QK_TURBO4 == 0);
     GGML_UNUSED(nrc); GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by);

@@ -1,0 +1,135 @@
+// Checks the SIMD turbo kernels (csrc/cpu/arch/<arch>/turbo.c, as compiled for
+// the -m flags of this build) against the scalar reference (csrc/cpu/turbo.c):
+// identical codes from the code picker, identical dequantized values, and
+// vec_dot within float rounding. Built and run by tests/test_cpu_kernels.py,
+// linked against a build's libggml-base (the block scale lives there).
+//
+// Prints one line per type and check; exits 1 on any mismatch.
+
+#define GGML_COMMON_DECL_C
+#include "ggml-common.h"
+#include "turbo-common.h"
+
+#include "turbo-impl.h"
+#include "turbo-quants.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#define N_PER_ROW 512
+#define N_ROWS    64
+
+typedef void (*quantize_impl_t)(const float * x, void * y, int64_t k, turbo_pick_codes_t pick);
+typedef void (*dequantize_t)(const void * x, float * y, int64_t k);
+typedef void (*vec_dot_t)(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+
+typedef struct {
+    const char *    name;
+    size_t          block_bytes;
+    quantize_impl_t quantize;
+    dequantize_t    dequantize_simd, dequantize_generic;
+    vec_dot_t       vec_dot_simd, vec_dot_generic;
+} turbo_kernels;
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static float uniform01(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float) ((rng_state >> 40) + 0.5) / (float) (1ull << 24);
+}
+
+// Roughly normal values with per-row scale, a few outliers, one zero block per row.
+static void fill_rows(float * x) {
+    for (int r = 0; r < N_ROWS; ++r) {
+        const float scale = 0.01f + 4.0f*uniform01();
+        for (int j = 0; j < N_PER_ROW; ++j) {
+            float g = 0.0f;
+            for (int u = 0; u < 4; ++u) {
+                g += uniform01() - 0.5f;
+            }
+            x[r*N_PER_ROW + j] = scale*g*1.7320508f;
+        }
+        x[r*N_PER_ROW + (int) (uniform01()*N_PER_ROW)] *= 12.0f;
+        memset(x + r*N_PER_ROW + 64*(r % (N_PER_ROW/64)), 0, 64*sizeof(float));
+    }
+}
+
+static int check(const turbo_kernels * t, const float * x, const float * y) {
+    static uint8_t q_simd[N_ROWS*N_PER_ROW], q_generic[N_ROWS*N_PER_ROW];
+    static float   d_simd[N_PER_ROW], d_generic[N_PER_ROW];
+    const size_t row_bytes = t->block_bytes*(N_PER_ROW/QK_TURBO);
+    int failures = 0;
+
+    for (int r = 0; r < N_ROWS; ++r) {
+        t->quantize(x + r*N_PER_ROW, q_simd    + r*row_bytes, N_PER_ROW, pyturbo_pick_codes);
+        t->quantize(x + r*N_PER_ROW, q_generic + r*row_bytes, N_PER_ROW, pyturbo_pick_codes_generic);
+    }
+    const int codes_equal = memcmp(q_simd, q_generic, N_ROWS*row_bytes) == 0;
+    printf("%s codes: %s\n", t->name, codes_equal ? "identical" : "DIFFER");
+    failures += !codes_equal;
+
+    int values_equal = 1;
+    double worst_dot = 0.0;
+    for (int r = 0; r < N_ROWS; ++r) {
+        const void * row = q_generic + r*row_bytes;
+        t->dequantize_simd(row, d_simd, N_PER_ROW);
+        t->dequantize_generic(row, d_generic, N_PER_ROW);
+        values_equal &= memcmp(d_simd, d_generic, sizeof(d_simd)) == 0;
+
+        float s_simd = 0.0f, s_generic = 0.0f;
+        double norm = 0.0;
+        t->vec_dot_simd   (N_PER_ROW, &s_simd,    0, row, 0, y, 0, 1);
+        t->vec_dot_generic(N_PER_ROW, &s_generic, 0, row, 0, y, 0, 1);
+        for (int j = 0; j < N_PER_ROW; ++j) {
+            norm += fabs((double) d_generic[j]*y[j]);
+        }
+        const double err = norm > 0.0 ? fabs((double) s_simd - s_generic)/norm : fabs((double) s_simd - s_generic);
+        worst_dot = err > worst_dot ? err : worst_dot;
+    }
+    printf("%s dequantize: %s\n", t->name, values_equal ? "identical" : "DIFFER");
+    failures += !values_equal;
+    const int dot_ok = worst_dot < 1e-5;
+    printf("%s vec_dot: worst relative error %.2e %s\n", t->name, worst_dot, dot_ok ? "ok" : "TOO LARGE");
+    failures += !dot_ok;
+    return failures;
+}
+
+int main(void) {
+    static float x[N_ROWS*N_PER_ROW], y[N_PER_ROW];
+    fill_rows(x);
+    for (int j = 0; j < N_PER_ROW; ++j) {
+        y[j] = uniform01()*2.0f - 1.0f;
+    }
+
+    const turbo_kernels kernels[] = {
+        {"turbo2", sizeof(block_turbo2), (quantize_impl_t) quantize_row_turbo2_impl,
+         pyturbo_dequantize_row_turbo2, pyturbo_dequantize_row_turbo2_generic, ggml_vec_dot_turbo2_f32, ggml_vec_dot_turbo2_f32_generic},
+        {"turbo3", sizeof(block_turbo3), (quantize_impl_t) quantize_row_turbo3_impl,
+         pyturbo_dequantize_row_turbo3, pyturbo_dequantize_row_turbo3_generic, ggml_vec_dot_turbo3_f32, ggml_vec_dot_turbo3_f32_generic},
+        {"turbo4", sizeof(block_turbo4), (quantize_impl_t) quantize_row_turbo4_impl,
+         pyturbo_dequantize_row_turbo4, pyturbo_dequantize_row_turbo4_generic, ggml_vec_dot_turbo4_f32, ggml_vec_dot_turbo4_f32_generic},
+    };
+
+#if defined(PYTURBO_TURBO_ARCH_X86)
+#if defined(__AVX512F__)
+    printf("simd: x86 AVX-512\n");
+#else
+    printf("simd: x86 AVX2\n");
+#endif
+#elif defined(PYTURBO_TURBO_ARCH_ARM)
+    printf("simd: ARM NEON\n");
+#else
+    printf("simd: none (generic kernels only)\n");
+#endif
+
+    int failures = 0;
+    for (size_t i = 0; i < sizeof(kernels)/sizeof(kernels[0]); ++i) {
+        failures += check(&kernels[i], x, y);
+    }
+    printf("%d checks failed\n", failures);
+    return failures != 0;
+}
