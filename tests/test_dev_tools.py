@@ -1,4 +1,8 @@
-"""llama.cpp's own kernel tests for the turbo types: test-backend-ops and test-quantize-fns.
+"""llama.cpp's own kernel tests for the turbo types and pyturbo's CPU flash attention.
+
+test-backend-ops compares the CPU backend with its reference mode (the per-row
+flash-attention loop, scalar kernels); test-quantize-fns checks the turbo
+quantizers and dot products.
 
 They need the developer tools (README, "Developing"): cmake -S . -B build-dev
 -DPYTURBO_DEV_TOOLS=ON ... CI builds them before running pytest, so these run
@@ -23,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 
 # Cases patches/0003-turbo-tests.patch adds per op (or that ggml's own type lists
 # gain from the turbo types), so a filter that silently matches nothing fails.
-MIN_TURBO_CASES = {"SET_ROWS": 72, "CPY": 51, "GET_ROWS": 24, "MUL_MAT": 36, "FLASH_ATTN_EXT": 171}
+MIN_TURBO_CASES = {"SET_ROWS": 72, "CPY": 51, "GET_ROWS": 24, "MUL_MAT": 36, "FLASH_ATTN_EXT": 306}
 
 
 def run_tool(*args: str) -> str:
@@ -40,6 +44,17 @@ def test_backend_ops_turbo_cases_match_the_cpu_reference(op):
     assert passed, output[-4000:]
     n_passed, n_total = int(passed.group(1)), int(passed.group(2))
     assert n_passed == n_total >= MIN_TURBO_CASES[op], output[-4000:]
+    assert "FAIL" not in output
+
+
+def test_backend_ops_upstream_quantized_caches_take_the_new_path_and_match_the_reference():
+    # q8_0/q4_0 K with q8_0/q4_0/f16 V: llama.cpp's cases plus patch 0003's, which
+    # cover the split-KV decode, the dot-product and GEMM tiles, sinks, ALiBi, softcap
+    output = run_tool("test-backend-ops", "test", "-b", "CPU", "-o", "FLASH_ATTN_EXT",
+                      "-p", "type_K=(q8_0|q4_0),type_V=(q8_0|q4_0|f16)")
+    passed = re.search(r"(\d+)/(\d+) tests passed", output)
+    assert passed, output[-4000:]
+    assert int(passed.group(1)) == int(passed.group(2)) >= 700, output[-4000:]
     assert "FAIL" not in output
 
 

@@ -36,7 +36,7 @@ namespace {
 constexpr int Q_TILE  = 64;   // query rows per tile
 constexpr int KV_TILE = 64;   // K/V rows per tile
 constexpr int GEMM_MIN_ROWS = 8;   // fewer query rows: dot products, no K transpose
-constexpr int CHUNKS_PER_THREAD = 4;
+constexpr int CHUNKS_PER_THREAD = 8;   // KV chunks per thread when splitting (load balance)
 
 using row_to_f32_t = void (*)(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t n);
 
@@ -117,8 +117,12 @@ fattn_plan make_plan(const ggml_tensor * dst, int nth) {
     const int64_t kv_tiles = (n_kv + KV_TILE - 1) / KV_TILE;
     p.n_chunks = 1;
     if (n_tiles < 2*nth && kv_tiles >= 8) {
-        const int64_t wanted = (CHUNKS_PER_THREAD*nth + n_tiles - 1) / n_tiles;
-        p.n_chunks = std::max<int64_t>(1, std::min(wanted, kv_tiles / 4));
+        // about CHUNKS_PER_THREAD items per thread, and a multiple of nth where possible
+        int64_t wanted = (CHUNKS_PER_THREAD*nth + n_tiles - 1) / n_tiles;
+        while ((wanted*n_tiles) % nth != 0 && wanted < 2*CHUNKS_PER_THREAD*nth) {
+            ++wanted;
+        }
+        p.n_chunks = std::max<int64_t>(1, std::min(wanted, kv_tiles / 2));
     }
     p.chunk_size = ((kv_tiles + p.n_chunks - 1) / p.n_chunks) * KV_TILE;
     p.n_chunks   = (n_kv + p.chunk_size - 1) / p.chunk_size;

@@ -10,6 +10,7 @@
 #include "ggml-common.h"
 #include "turbo-common.h"
 
+#include "ggml-cpu.h"
 #include "turbo-impl.h"
 #include "turbo-quants.h"
 
@@ -100,6 +101,7 @@ static int check(const turbo_kernels * t, const float * x, const float * y) {
 
 int main(void) {
     static float x[N_ROWS*N_PER_ROW], y[N_PER_ROW];
+    ggml_cpu_init();   // fills the fp16 conversion table the kernels may use
     fill_rows(x);
     for (int j = 0; j < N_PER_ROW; ++j) {
         y[j] = uniform01()*2.0f - 1.0f;
