@@ -162,8 +162,11 @@ def test_server_answers_completions_and_chat_and_streams(server):
     completion = httpx.post(base + "/v1/completions", json={
         "prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 6, "temperature": 0}, timeout=120).json()
     assert completion["choices"][0]["text"].startswith(" 9, 10"), completion
+    # Worded so that this 135M model answers it under llama-cpp-python's chat formatting with every
+    # cache (f16/f16, q8_0/q8_0, q8_0/turbo3); "What is the capital of France?" gets "L'Étoile ..."
+    # there even from an f16 cache.
     chat = httpx.post(base + "/v1/chat/completions", json={
-        "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Name the capital city of France."}], "max_tokens": 16,
         "temperature": 0}, timeout=120).json()
     assert "Paris" in chat["choices"][0]["message"]["content"], chat
     pieces = []

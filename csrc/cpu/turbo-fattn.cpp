@@ -124,8 +124,8 @@ fattn_plan make_plan(const ggml_tensor * dst, int nth) {
         }
         p.n_chunks = std::max<int64_t>(1, std::min(wanted, kv_tiles / 2));
     }
-    p.chunk_size = ((kv_tiles + p.n_chunks - 1) / p.n_chunks) * KV_TILE;
-    p.n_chunks   = (n_kv + p.chunk_size - 1) / p.chunk_size;
+    p.chunk_size = std::max<int64_t>(1, (kv_tiles + p.n_chunks - 1) / p.n_chunks) * KV_TILE;
+    p.n_chunks   = std::max<int64_t>(1, (n_kv + p.chunk_size - 1) / p.chunk_size);   // an empty KV still writes zeros
     return p;
 }
 
