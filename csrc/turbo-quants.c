@@ -40,18 +40,14 @@ bool ggml_is_runtime_only_type(enum ggml_type type) {
     return type == GGML_TYPE_TURBO2 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO4;
 }
 
-// Code of the scaled value y: the number of thresholds below it.
-static inline uint8_t turbo_pick(float y, const float * thr, int nthr) {
-    int code = 0;
-    for (int t = 0; t < nthr; ++t) {
-        code += y > thr[t];
-    }
-    return (uint8_t) code;
-}
-
-static void turbo_pick_block(const float * GGML_RESTRICT x, float inv_scale, const float * GGML_RESTRICT thr, int nthr, uint8_t * GGML_RESTRICT codes) {
+void turbo_pick_codes_ref(const float * GGML_RESTRICT x, float inv_scale, const float * GGML_RESTRICT thr, int nthr, uint8_t * GGML_RESTRICT codes) {
     for (int j = 0; j < QK_TURBO; ++j) {
-        codes[j] = turbo_pick(x[j] * inv_scale, thr, nthr);
+        const float y = x[j] * inv_scale;
+        int code = 0;   // the number of thresholds below y
+        for (int t = 0; t < nthr; ++t) {
+            code += y > thr[t];
+        }
+        codes[j] = (uint8_t) code;
     }
 }
 
@@ -109,7 +105,7 @@ static float turbo_quantize_block(const float * x, const float * values, const f
 }
 
 void quantize_row_turbo2_ref(const float * GGML_RESTRICT x, block_turbo2 * GGML_RESTRICT y, int64_t k) {
-    quantize_row_turbo2_impl(x, y, k, turbo_pick_block);
+    quantize_row_turbo2_impl(x, y, k, turbo_pick_codes_ref);
 }
 
 void quantize_row_turbo2_impl(const float * GGML_RESTRICT x, block_turbo2 * GGML_RESTRICT y, int64_t k, turbo_pick_codes_t pick) {
@@ -127,7 +123,7 @@ void quantize_row_turbo2_impl(const float * GGML_RESTRICT x, block_turbo2 * GGML
 }
 
 void quantize_row_turbo3_ref(const float * GGML_RESTRICT x, block_turbo3 * GGML_RESTRICT y, int64_t k) {
-    quantize_row_turbo3_impl(x, y, k, turbo_pick_block);
+    quantize_row_turbo3_impl(x, y, k, turbo_pick_codes_ref);
 }
 
 void quantize_row_turbo3_impl(const float * GGML_RESTRICT x, block_turbo3 * GGML_RESTRICT y, int64_t k, turbo_pick_codes_t pick) {
@@ -152,7 +148,7 @@ void quantize_row_turbo3_impl(const float * GGML_RESTRICT x, block_turbo3 * GGML
 }
 
 void quantize_row_turbo4_ref(const float * GGML_RESTRICT x, block_turbo4 * GGML_RESTRICT y, int64_t k) {
-    quantize_row_turbo4_impl(x, y, k, turbo_pick_block);
+    quantize_row_turbo4_impl(x, y, k, turbo_pick_codes_ref);
 }
 
 void quantize_row_turbo4_impl(const float * GGML_RESTRICT x, block_turbo4 * GGML_RESTRICT y, int64_t k, turbo_pick_codes_t pick) {

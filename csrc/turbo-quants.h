@@ -24,6 +24,9 @@ extern "C" {
 // CPU backend passes a SIMD one (the same comparisons, so the same codes).
 typedef void (*turbo_pick_codes_t)(const float * GGML_RESTRICT x, float inv_scale, const float * GGML_RESTRICT thr, int nthr, uint8_t * GGML_RESTRICT codes);
 
+// The reference code picker (scalar).
+GGML_API void turbo_pick_codes_ref(const float * GGML_RESTRICT x, float inv_scale, const float * GGML_RESTRICT thr, int nthr, uint8_t * GGML_RESTRICT codes);
+
 // Quantizers with the code picker as a parameter; the block scale is always
 // computed here, in one place, so every caller gets identical scales.
 GGML_API void quantize_row_turbo2_impl(const float * GGML_RESTRICT x, block_turbo2 * GGML_RESTRICT y, int64_t k, turbo_pick_codes_t pick);

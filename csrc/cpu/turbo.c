@@ -34,14 +34,7 @@ void quantize_row_turbo4(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, 
 }
 
 void pyturbo_pick_codes_generic(const float * GGML_RESTRICT x, float inv_scale, const float * GGML_RESTRICT thr, int nthr, uint8_t * GGML_RESTRICT codes) {
-    for (int j = 0; j < QK_TURBO; ++j) {
-        const float y = x[j] * inv_scale;
-        int code = 0;
-        for (int t = 0; t < nthr; ++t) {
-            code += y > thr[t];
-        }
-        codes[j] = (uint8_t) code;
-    }
+    turbo_pick_codes_ref(x, inv_scale, thr, nthr, codes);
 }
 
 void pyturbo_dequantize_row_turbo2_generic(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
