@@ -35,6 +35,7 @@ foreach(target IN LISTS pyturbo_ggml_targets)
         ${PYTURBO_CSRC_DIR}/cpu/turbo.h
         ${PYTURBO_CSRC_DIR}/cpu/turbo-impl.h
         ${PYTURBO_CSRC_DIR}/cpu/turbo.c
+        ${PYTURBO_CSRC_DIR}/cpu/arch/turbo-kernels.h
         ${PYTURBO_CSRC_DIR}/cpu/arch/x86/turbo.c
         ${PYTURBO_CSRC_DIR}/cpu/arch/arm/turbo.c
         ${PYTURBO_CSRC_DIR}/cpu/turbo-fattn.cpp)

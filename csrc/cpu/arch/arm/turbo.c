@@ -117,42 +117,18 @@ void pyturbo_pick_codes(const float * GGML_RESTRICT x, float inv_scale, const fl
     }
 }
 
-// dequantize and vec_dot for one type, from its turboN_values
-#define TURBO_DEFINE_KERNELS(N)                                                                              \
-void pyturbo_dequantize_row_turbo##N(const void * GGML_RESTRICT vx, float * GGML_RESTRICT y, int64_t k) {   \
-    assert(k % QK_TURBO == 0);                                                                               \
-    const block_turbo##N * GGML_RESTRICT x = (const block_turbo##N *) vx;                                    \
-    const turbo_tables t = turbo_tables_load();                                                              \
-    float32x4_t v[16];                                                                                       \
-    for (int64_t i = 0; i < k / QK_TURBO; ++i, y += QK_TURBO) {                                              \
-        turbo##N##_values(x + i, &t, v);                                                                     \
-        const float d = GGML_CPU_FP16_TO_FP32(x[i].d);                                                       \
-        for (int j = 0; j < 16; ++j) {                                                                       \
-            vst1q_f32(y + 4*j, vmulq_n_f32(v[j], d));                                                        \
-        }                                                                                                    \
-    }                                                                                                        \
-}                                                                                                            \
-                                                                                                             \
-void ggml_vec_dot_turbo##N##_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx,  \
-                                 size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {             \
-    assert(nrc == 1);                                                                                        \
-    assert(n % QK_TURBO == 0);                                                                               \
-    GGML_UNUSED(nrc); GGML_UNUSED(bs); GGML_UNUSED(bx); GGML_UNUSED(by);                                     \
-    const block_turbo##N * GGML_RESTRICT x = (const block_turbo##N *) vx;                                    \
-    const float * GGML_RESTRICT y = (const float *) vy;                                                      \
-    const turbo_tables t = turbo_tables_load();                                                              \
-    float32x4_t v[16];                                                                                       \
-    float32x4_t acc = vdupq_n_f32(0.0f);                                                                     \
-    for (int i = 0; i < n / QK_TURBO; ++i, y += QK_TURBO) {                                                  \
-        turbo##N##_values(x + i, &t, v);                                                                     \
-        float32x4_t block = vmulq_f32(v[0], vld1q_f32(y));                                                   \
-        for (int j = 1; j < 16; ++j) {                                                                       \
-            block = vfmaq_f32(block, v[j], vld1q_f32(y + 4*j));                                              \
-        }                                                                                                    \
-        acc = vfmaq_n_f32(acc, block, GGML_CPU_FP16_TO_FP32(x[i].d));                                        \
-    }                                                                                                        \
-    *s = vaddvq_f32(acc);                                                                                    \
-}
+// 4 floats per vector, 16 vectors per block; value vector v holds elements 4v..4v+3.
+#define TURBO_VEC       float32x4_t
+#define TURBO_VEC_LANES 4
+#define TURBO_VEC_ZERO  vdupq_n_f32(0.0f)
+#define TURBO_VEC_SET1  vdupq_n_f32
+#define TURBO_VEC_LOAD  vld1q_f32
+#define TURBO_VEC_STORE vst1q_f32
+#define TURBO_VEC_MUL   vmulq_f32
+#define TURBO_VEC_FMA(a, b, c) vfmaq_f32(c, a, b)   // a*b + c
+#define TURBO_VEC_SUM   vaddvq_f32
+
+#include "../turbo-kernels.h"
 
 TURBO_DEFINE_KERNELS(2)
 TURBO_DEFINE_KERNELS(3)
