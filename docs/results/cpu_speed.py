@@ -29,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pyturbo import cache_type
+from pyturbo import memory
 from pyturbo._report import markdown_table, pyplot
-from pyturbo.info import inspect
 
 PAIRS = ["f16/f16", "q8_0/q8_0", "q4_0/q4_0", "q8_0/turbo3", "turbo4/turbo4", "turbo3/turbo3", "turbo2/turbo2"]
 
@@ -65,12 +64,10 @@ def read_bandwidth(threads: int, size: int = 1 << 30, rounds: int = 5) -> float:
 
 
 def kv_bytes_per_token(model: str, pair: str, depth: int) -> int:
-    """Bytes of K and V one generated token reads at this depth: every layer's cache rows up to the depth."""
-    info = inspect(model)
-    type_k, type_v = (cache_type(name) for name in pair.split("/"))
-    values_k = info.n_layer * info.n_head_kv * info.head_size_k * depth
-    values_v = info.n_layer * info.n_head_kv * info.head_size_v * depth
-    return int(values_k * type_k.bits_per_value / 8 + values_v * type_v.bits_per_value / 8)
+    """Bytes of K and V one generated token reads at this depth: the whole cache of a context of
+    that many tokens (pyturbo.memory's estimate; the depths here are multiples of its 256-cell padding)."""
+    type_k, type_v = pair.split("/")
+    return memory.estimate(model, depth, type_k, type_v).kv
 
 
 def simd_level() -> str:
