@@ -28,28 +28,17 @@ from .errors import (
     LibraryError,
     ModelNotFoundError,
     PyturboError,
+    QuantizeError,
+    WeightTypeError,
 )
 from .model import Model
+from .weights import QuantizeResult
 
 __version__ = "0.1.0"
-
-# Names pyturbo.quantize provides. That module is imported on first use, not here: importing it
-# with the package would make `python -m pyturbo.quantize` execute it twice (runpy warns).
-_FROM_QUANTIZE = ("QuantizeResult", "QuantizeError", "WeightTypeError")
-
-
-def __getattr__(name: str):
-    if name == "quantize" or name in _FROM_QUANTIZE:
-        import importlib
-
-        module = importlib.import_module(".quantize", __name__)  # callable: pyturbo.quantize(src, dst, type)
-        return module if name == "quantize" else getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "Model", "Context", "GenerationStats", "CacheType", "cache_types", "cache_type",
     "default_model", "cache_dir", "GGML_TYPE_TURBO2", "GGML_TYPE_TURBO3", "GGML_TYPE_TURBO4",
     "PyturboError", "LibraryError", "ModelNotFoundError", "InvalidModelError", "CacheTypeError",
-    "ContextError", "ContextOverflowError", "DownloadError",
-    "quantize", "QuantizeResult", "QuantizeError", "WeightTypeError",
+    "ContextError", "ContextOverflowError", "DownloadError", "QuantizeResult", "QuantizeError", "WeightTypeError",
 ]

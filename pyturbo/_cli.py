@@ -17,21 +17,54 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def add_cache_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-k", "--cache-type-k", "-ctk", dest="cache_k", default="f16",
-                        metavar="TYPE", help="K cache type (default f16; see pyturbo.cache_types())")
-    parser.add_argument("--cache-v", "--cache-type-v", "-ctv", dest="cache_v", default="f16",
-                        metavar="TYPE", help="V cache type (default f16)")
-    parser.add_argument("-fa", "--flash-attn", dest="flash_attn", default="auto",
-                        choices=["on", "off", "auto"], help="flash attention (default auto)")
+# The defaults every command shares (llama.cpp's: f16 caches, flash attention auto, all CPUs).
+DEFAULT_CACHE_TYPE = "f16"
+DEFAULT_FLASH_ATTN = "auto"
+
+
+def add_cache_flags(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    """-ctk/--cache-k and -ctv/--cache-v; with many=True each takes a comma-separated list
+    (llama-bench's form), whose every combination the command runs."""
+    kind, default_type = (str_list, [DEFAULT_CACHE_TYPE]) if many else (str, DEFAULT_CACHE_TYPE)
+    lists = " (comma-separated list)" if many else ""
+    parser.add_argument("-ctk", "--cache-k", "--cache-type-k", dest="cache_k", type=kind, default=default_type,
+                        metavar="TYPE", help=f"K cache type{lists} (default {DEFAULT_CACHE_TYPE}; "
+                                             "see pyturbo.cache_types())")
+    parser.add_argument("-ctv", "--cache-v", "--cache-type-v", dest="cache_v", type=kind, default=default_type,
+                        metavar="TYPE", help=f"V cache type{lists} (default {DEFAULT_CACHE_TYPE})")
+
+
+def add_flash_attn_flag(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    """-fa/--flash-attn on|off|auto; with many=True a comma-separated list."""
+    if many:
+        parser.add_argument("-fa", "--flash-attn", dest="flash_attn", type=str_list, default=[DEFAULT_FLASH_ATTN],
+                            metavar="on|off|auto", help=f"flash attention, comma-separated list "
+                                                       f"(default {DEFAULT_FLASH_ATTN})")
+    else:
+        parser.add_argument("-fa", "--flash-attn", dest="flash_attn", default=DEFAULT_FLASH_ATTN,
+                            choices=["on", "off", "auto"], help=f"flash attention (default {DEFAULT_FLASH_ATTN})")
+
+
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-t", "--threads", dest="threads", type=int, default=None,
+                        help="CPU threads (default: all available)")
+
+
+def add_ctx_flag(parser: argparse.ArgumentParser, default: "int | None", help: str) -> None:
+    """-c/--ctx-size (dest n_ctx), with the command's own default and meaning."""
+    parser.add_argument("-c", "--ctx-size", "--ctx", dest="n_ctx", type=int, default=default, metavar="N", help=help)
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log on stderr")
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-t", "--threads", dest="threads", type=int, default=None,
-                        help="CPU threads (default: all available)")
+    """-t, -ngl and --verbose: what every command that runs a model takes."""
+    add_threads_flag(parser)
     parser.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", dest="n_gpu_layers", type=int,
                         default=0, metavar="N", help="layers to offload to the GPU (default 0)")
-    parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log on stderr")
+    add_verbose_flag(parser)
 
 
 def int_list(text: str) -> list[int]:

@@ -2,6 +2,9 @@
 
 The only module that touches C. Everything else uses `ffi`, `llama`, `ggml`,
 `ggml_cpu` from here and `captured_log()` to read what llama.cpp said during a call.
+
+The libraries are opened on first use, not on import: work that needs only a
+GGUF header (pyturbo.memory.estimate, fit, info) never maps libllama.
 """
 
 from __future__ import annotations
@@ -86,10 +89,56 @@ def _dlopen(name: str):
         raise LibraryError(f"could not load {path}: {e}") from e
 
 
-# Load order follows the dependency chain so each dlopen finds its neighbours loaded.
-ggml = _dlopen("ggml-base")
-ggml_cpu = _dlopen("ggml-cpu")
-llama = _dlopen("llama")
+_load_lock = threading.RLock()
+_loaded: dict = {}
+
+
+def _load_libraries() -> dict:
+    """Open libggml-base, libggml-cpu and libllama once, then route llama.cpp's log to pyturbo."""
+    with _load_lock:
+        if not _loaded:
+            # Load order follows the dependency chain so each dlopen finds its neighbours loaded.
+            libraries = {name: _dlopen(name) for name in ("ggml-base", "ggml-cpu", "llama")}
+            _check_turbo_types(libraries["ggml-base"])
+            _loaded.update(libraries)
+            install_log_bridge()
+            libraries["llama"].llama_backend_init()
+        return _loaded
+
+
+def _check_turbo_types(ggml_base) -> None:
+    """Refuse a libggml without pyturbo's types: its type ids would mean other things."""
+    try:
+        ggml_base.dequantize_row_turbo3
+    except AttributeError:
+        raise LibraryError(f"the libggml in {library_dir()} has no turbo cache types: it was not built "
+                           "from pyturbo's patched llama.cpp (reinstall pyturbo or fix PYTURBO_LIB_DIR)") from None
+
+
+class _Library:
+    """A native library opened on first attribute access; each symbol is then cached as an
+    attribute of its own, so later calls cost a plain attribute lookup."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, symbol: str):
+        value = getattr(_load_libraries()[self._name], symbol)
+        setattr(self, symbol, value)
+        return value
+
+    def __repr__(self) -> str:
+        return f"<pyturbo native library {self._name}{'' if _loaded else ' (not loaded yet)'}>"
+
+
+ggml = _Library("ggml-base")
+ggml_cpu = _Library("ggml-cpu")
+llama = _Library("llama")
+
+
+def loaded() -> bool:
+    """Whether the native libraries have been opened in this process."""
+    return bool(_loaded)
 
 
 _PY_LEVELS = {
@@ -175,11 +224,7 @@ def install_log_bridge(forward=None) -> None:
     each fragment on to `forward(level, text)` too, e.g. llama-cpp-python's handler."""
     if forward is not None and forward not in _bridge.forwards:
         _bridge.forwards.append(forward)
-    llama.llama_log_set(_log_callback, ffi.NULL)
-
-
-install_log_bridge()
-llama.llama_backend_init()
+    _load_libraries()["llama"].llama_log_set(_log_callback, ffi.NULL)
 
 
 def c_string(value) -> str:

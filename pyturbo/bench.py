@@ -23,11 +23,13 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from ._cli import ArgumentParser, int_list, str_list, run_main, setup_logging
+from ._cli import (ArgumentParser, add_cache_flags, add_flash_attn_flag, add_threads_flag, add_verbose_flag,
+                   int_list, run_main, setup_logging)
 from ._report import OUTPUT_FORMATS, markdown_table, pyplot, render
-from .cache_types import cache_type
-from .context import FLASH_ATTN_MODES, MiB, default_threads
-from .model import Model
+from .cache_types import cache_type, flash_attn_mode
+from .context import default_threads
+from .model import Model, open_model
+from .units import MiB
 
 PROG = "python -m pyturbo.bench"
 
@@ -78,7 +80,7 @@ def time_test(ctx, rng: random.Random, n_vocab: int, n_depth: int, n_prompt: int
 
 def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_gen: Sequence[int] = (128,),
         depths: Sequence[int] = (0,), cache_k: Sequence[str] = ("f16",), cache_v: Sequence[str] = ("f16",),
-        flash_attn: Sequence[str] = ("on",), n_threads: "int | None" = None, repetitions: int = 5,
+        flash_attn: Sequence[str] = ("auto",), n_threads: "int | None" = None, repetitions: int = 5,
         n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0, progress: bool = True) -> list[BenchResult]:
     """Run every (K, V, flash attention, depth, test) combination; see the module docstring."""
     if repetitions < 1:
@@ -89,17 +91,14 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
     configs = [(cache_type(k).name, cache_type(v).name, fa)
                for k, v, fa in itertools.product(cache_k, cache_v, flash_attn)]
     for fa in flash_attn:
-        if fa not in FLASH_ATTN_MODES:
-            raise ValueError(f"flash_attn must be one of on, off, auto (got {fa!r})")
+        flash_attn_mode(fa)  # refuses anything but on, off, auto
     tests = [(p, 0) for p in n_prompt if p > 0] + [(0, g) for g in n_gen if g > 0]
     if not tests:
         raise ValueError("nothing to run: give a prompt size (-p) or a generation length (-n) above 0")
-    owned = not isinstance(model, Model)
-    model = Model(model) if owned else model
     n_threads = n_threads or default_threads()
     n_ctx = max(depths) + max(max(p, g) for p, g in tests)
     results = []
-    try:
+    with open_model(model) as model:
         bar = tqdm(total=len(configs) * len(depths) * len(tests) * (repetitions + 1), desc="bench",
                    unit="run", file=sys.stderr, disable=not progress)
         for type_k, type_v, fa in configs:
@@ -125,9 +124,6 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
                             stddev_ts=statistics.stdev(samples) if len(samples) > 1 else 0.0,
                             kv_bytes=kv["k"] + kv["v"], n_ctx=ctx.n_ctx, samples_ts=samples))
         bar.close()
-    finally:
-        if owned:
-            model.close()
     return results
 
 
@@ -168,24 +164,23 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("-p", "--n-prompt", type=int_list, default=[512], help="prompt sizes (default 512)")
     parser.add_argument("-n", "--n-gen", type=int_list, default=[128], help="generation lengths (default 128)")
     parser.add_argument("-d", "--n-depth", type=int_list, default=[0], help="depths (default 0)")
-    parser.add_argument("-ctk", "--cache-type-k", type=str_list, default=["f16"], help="K cache types")
-    parser.add_argument("-ctv", "--cache-type-v", type=str_list, default=["f16"], help="V cache types")
-    parser.add_argument("-fa", "--flash-attn", type=str_list, default=["on"], help="on, off, auto (default on)")
-    parser.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all available)")
+    add_cache_flags(parser, many=True)
+    add_flash_attn_flag(parser, many=True)
+    add_threads_flag(parser)
     parser.add_argument("-b", "--batch-size", type=int, default=2048, help="logical batch (default 2048)")
     parser.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch (default 512)")
     parser.add_argument("-r", "--repetitions", type=int, default=5, help="timed runs per test (default 5)")
     parser.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="md", help="output format (default md)")
     parser.add_argument("--plot", metavar="PNG", help="also draw tokens/s against depth into this file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
-    parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log on stderr")
+    add_verbose_flag(parser)
     return parser
 
 
 def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    results = run(args.model, args.n_prompt, args.n_gen, args.n_depth, args.cache_type_k, args.cache_type_v,
+    results = run(args.model, args.n_prompt, args.n_gen, args.n_depth, args.cache_k, args.cache_v,
                   args.flash_attn, args.threads, args.repetitions, args.batch_size, args.ubatch_size, args.seed)
     sys.stdout.write(render(results, args.output, to_markdown))
     if args.plot:

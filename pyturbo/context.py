@@ -4,66 +4,24 @@ from __future__ import annotations
 
 import codecs
 import os
-import re
 import time
 import weakref
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from . import _native
+from ._allocation_log import parse_allocation_log
 from ._native import ffi, llama
-from .cache_types import CacheType, cache_type
-from .errors import CacheTypeError, ContextError, ContextOverflowError, PyturboError
-
-FLASH_ATTN_MODES = {"auto": -1, "off": 0, "on": 1}
-
-# llama_kv_cache logs its allocation once per cache (two for sliding-window models):
-# "llama_kv_cache: size = 15.00 MiB (4096 cells, 30 layers, 1/1 seqs), K (f16): 7.50 MiB, V (f16): 7.50 MiB"
-KV_SIZE_LINE = re.compile(
-    r"size = +([\d.]+) MiB \( *(\d+) cells, *(\d+) layers.*K \((\w+)\): +([\d.]+) MiB, V \((\w+)\): +([\d.]+) MiB")
-
-MiB = 1 << 20
-
-
-def flash_attn_mode(value: "str | bool") -> int:
-    """llama_flash_attn_type for 'on' / 'off' / 'auto' (or True / False)."""
-    if isinstance(value, bool):
-        return FLASH_ATTN_MODES["on" if value else "off"]
-    mode = FLASH_ATTN_MODES.get(str(value).lower())
-    if mode is None:
-        raise ValueError(f"flash_attn must be one of on, off, auto (got {value!r})")
-    return mode
+from .cache_types import cache_type, check_cache, flash_attn_mode
+from .errors import ContextError, ContextOverflowError, PyturboError
 
 
 def default_threads() -> int:
+    """The CPUs this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
-
-
-def check_cache_settings(model, cache_k: CacheType, cache_v: CacheType, flash_attn: int) -> None:
-    """Refuse, before calling into C, the K/V settings llama.cpp would reject with only a log line."""
-    if cache_v.quantized and flash_attn == FLASH_ATTN_MODES["off"]:
-        raise CacheTypeError(
-            f"the quantized V cache type {cache_v.name} requires flash attention; "
-            "use flash_attn='on' or 'auto' (-fa on), or an unquantized V cache (f16)")
-    for role, ctype, head_size in (("K", cache_k, model.head_size_k), ("V", cache_v, model.head_size_v)):
-        if ctype.quantized and head_size % ctype.block_size != 0:
-            raise CacheTypeError(
-                f"{role} cache type {ctype.name} stores blocks of {ctype.block_size} values, but this "
-                f"model's {role} head size is {head_size}, not a multiple of {ctype.block_size}; "
-                "use f16 or a type whose block size divides the head size")
-        if ctype.turbo and rotation_disabled():
-            raise CacheTypeError(
-                f"{role} cache type {ctype.name} needs llama.cpp's attention rotation, which "
-                "LLAMA_ATTN_ROT_DISABLE turns off; unset it or use an upstream cache type (q8_0, q4_0)")
-
-
-def rotation_disabled() -> bool:
-    """Whether LLAMA_ATTN_ROT_DISABLE is set the way llama.cpp reads it (atoi != 0)."""
-    match = re.match(r"\s*[+-]?\d+", os.environ.get("LLAMA_ATTN_ROT_DISABLE", ""))
-    return bool(match and int(match.group()) != 0)
 
 
 @dataclass
@@ -102,7 +60,7 @@ class Context:
         self.flash_attn = flash_attn_mode(flash_attn)
         if n_ctx < 0:
             raise ValueError(f"n_ctx must be >= 0 (0 = the model's training context), got {n_ctx}")
-        check_cache_settings(model, self.cache_k, self.cache_v, self.flash_attn)
+        check_cache(self.cache_k, self.cache_v, self.flash_attn, model.geometry)
         self.n_threads = n_threads or default_threads()
         self.seed = seed
 
@@ -124,7 +82,8 @@ class Context:
         self._handle = handle
         self._finalizer = weakref.finalize(self, llama.llama_free, handle)
         self._memory = llama.llama_get_memory(handle)
-        self._kv_bytes = _kv_bytes_from_log(log)
+        allocation = parse_allocation_log(line for _, line in log)
+        self._kv_bytes = {"k": allocation.kv_k, "v": allocation.kv_v}
         self._cached: list[int] = []  # tokens whose K/V are in the cache (sequence 0)
         self.last_stats = GenerationStats()
 
@@ -416,12 +375,3 @@ class Context:
         pieces = self.generate(prompt, max_tokens, parse_special=True, **kwargs)
         return pieces if stream else "".join(pieces)
 
-
-def _kv_bytes_from_log(log) -> dict:
-    k = v = 0.0
-    for _, line in log:
-        match = KV_SIZE_LINE.search(line)
-        if match:
-            k += float(match.group(5))
-            v += float(match.group(7))
-    return {"k": round(k * MiB), "v": round(v * MiB)}

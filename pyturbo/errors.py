@@ -31,3 +31,11 @@ class ContextOverflowError(ContextError):
 
 class DownloadError(PyturboError, RuntimeError):
     """A file pyturbo fetches (the default model) could not be fetched or verified."""
+
+
+class WeightTypeError(PyturboError, ValueError):
+    """A weight type name llama-quantize does not accept (or a KV-cache-only type)."""
+
+
+class QuantizeError(PyturboError, RuntimeError):
+    """A quantization was refused (requantizing, existing output) or llama.cpp failed."""

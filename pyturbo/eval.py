@@ -24,13 +24,14 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from ._cli import ArgumentParser, float_list, int_list, run_main, setup_logging
+from ._cli import (ArgumentParser, add_ctx_flag, add_flash_attn_flag, add_threads_flag, add_verbose_flag, float_list,
+                   int_list, run_main, setup_logging)
 from ._report import markdown_table, pyplot, render
 from .assets import default_text
 from .cache_types import UPSTREAM_CACHE_TYPES, CacheType, cache_type
 from .context import default_threads
 from .errors import ContextOverflowError, PyturboError
-from .model import Model
+from .model import Model, open_model
 
 PROG = "python -m pyturbo.eval"
 REFERENCE = ("f16", "f16")
@@ -79,10 +80,6 @@ def kv_configs(configs: "str | Sequence") -> list[tuple[CacheType, CacheType]]:
     return pairs
 
 
-def _open_model(model) -> tuple[Model, bool]:
-    return (model, False) if isinstance(model, Model) else (Model(model), True)
-
-
 def _read_text(text: "str | os.PathLike | None") -> str:
     if text is None:
         return default_text()
@@ -120,7 +117,7 @@ def _log_softmax(logits):
 
 def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | None" = None,
         n_ctx: int = 512, chunks: "int | None" = None, n_threads: "int | None" = None,
-        flash_attn: str = "on", progress: bool = True) -> list[KLDResult]:
+        flash_attn: str = "auto", progress: bool = True) -> list[KLDResult]:
     """KLD, PPL and same-top rate of each K/V configuration against the f16/f16 cache.
 
     The reference log-probabilities are computed once and kept as float16 in a
@@ -132,8 +129,7 @@ def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | 
     if n_ctx < 16:
         raise ValueError(f"n_ctx must be at least 16, got {n_ctx}")
     corpus = _read_text(text)
-    model, owned = _open_model(model)
-    try:
+    with open_model(model) as model:
         token_chunks = _chunks(model, corpus, n_ctx, chunks)
         first = n_ctx // 2
         n_scored = n_ctx - 1 - first
@@ -182,9 +178,6 @@ def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | 
             del ref_logp
         bar.close()
         return results
-    finally:
-        if owned:
-            model.close()
 
 
 def kld_to_markdown(results: Sequence[KLDResult]) -> str:
@@ -269,7 +262,7 @@ def haystack_prompt(ctx, filler: list[int], length: int, depth: float, sentence:
 
 def niah(model: "Model | str | os.PathLike", lengths: Sequence[int], depths: Sequence[float], configs,
          trials: int = 1, seed: int = 0, text: "str | os.PathLike | None" = None,
-         n_threads: "int | None" = None, flash_attn: str = "on", progress: bool = True) -> list[NeedleResult]:
+         n_threads: "int | None" = None, flash_attn: str = "auto", progress: bool = True) -> list[NeedleResult]:
     """Pass counts of each configuration at each haystack length and needle depth (greedy decoding)."""
     pairs = kv_configs(configs)
     if trials < 1:
@@ -277,8 +270,7 @@ def niah(model: "Model | str | os.PathLike", lengths: Sequence[int], depths: Seq
     for depth in depths:
         if not 0.0 <= depth <= 1.0:
             raise ValueError(f"depths are fractions of the haystack in [0, 1], got {depth}")
-    model, owned = _open_model(model)
-    try:
+    with open_model(model) as model:
         too_long = [n for n in lengths if n > model.n_ctx_train]
         if too_long:
             raise ContextOverflowError(
@@ -313,9 +305,6 @@ def niah(model: "Model | str | os.PathLike", lengths: Sequence[int], depths: Seq
         order = {(k.name, v.name, n, d): i for i, (k, v, n, d) in
                  enumerate((k, v, n, d) for k, v in pairs for n in lengths for d in depths)}
         return sorted(results, key=lambda r: order[r.type_k, r.type_v, r.length, r.depth])
-    finally:
-        if owned:
-            model.close()
 
 
 def niah_to_markdown(results: Sequence[NeedleResult]) -> str:
@@ -364,15 +353,15 @@ def build_parser() -> ArgumentParser:
         sub.add_argument("model", help="GGUF file")
         sub.add_argument("--configs", required=True, help="comma-separated K/V pairs, e.g. f16/f16,q8_0/turbo3")
         sub.add_argument("--text", default=None, help="text file (default: the Debian license texts)")
-        sub.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all available)")
-        sub.add_argument("-fa", "--flash-attn", default="on", choices=["on", "off", "auto"])
+        add_threads_flag(sub)
+        add_flash_attn_flag(sub)
         sub.add_argument("-o", "--output", choices=("md", "json"), default="md")
         sub.add_argument("--plot", metavar="PNG", help="also draw a plot into this file")
-        sub.add_argument("--verbose", action="store_true", help="show llama.cpp's log on stderr")
+        add_verbose_flag(sub)
 
     kld_parser = commands.add_parser("kld", help="KLD, PPL and same-top-token rate against the f16 cache")
     common(kld_parser)
-    kld_parser.add_argument("-c", "--ctx-size", dest="n_ctx", type=int, default=512, help="chunk size (default 512)")
+    add_ctx_flag(kld_parser, 512, "chunk size in tokens (default 512)")
     kld_parser.add_argument("--chunks", type=int, default=None, help="chunks to score (default: all)")
 
     niah_parser = commands.add_parser("niah", help="needle in a haystack")

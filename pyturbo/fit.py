@@ -1,6 +1,6 @@
 """What fits in a memory budget: the longest context per K/V cache configuration, and the best one.
 
-    python -m pyturbo.fit MODEL --memory 16GiB [--ctx N] [--cache-k T,..] [--cache-v T,..]
+    python -m pyturbo.fit MODEL --memory 16GiB [-c N] [--cache-k T,..] [--cache-v T,..]
                           [--weights QUANT] [--json] [--plot out.png]
 
 Everything comes from the GGUF header (pyturbo.memory.estimate): nothing is
@@ -8,7 +8,8 @@ loaded, so it answers for a 70B file on a laptop. With --memory: for each K/V
 configuration the largest context that fits (capped at the training context),
 and the same if the weights were another llama-quantize preset. With --ctx: the
 memory each configuration needs for that context. Then one line: the
-configuration with the best measured quality (KLD_TABLE) that fits.
+configuration with the best measured quality (KLD_TABLE) that fits, and a
+warning line when that configuration's KLD is above KLD_WARNING.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from ._cli import ArgumentParser, run_main, str_list
+from ._cli import ArgumentParser, add_cache_flags, add_ctx_flag, add_flash_attn_flag, run_main
 from ._report import markdown_table, pyplot
 from .cache_types import cache_type
-from .memory import (CELL_PADDING, WEIGHT_QUANTS, GGUFHeader, ModelGeometry, estimate, format_size,
-                     max_context, model_geometry, parse_size, read_gguf_header)
+from .geometry import ModelGeometry, model_geometry
+from .gguf import GGUFHeader, read_gguf_header
+from .memory import CELL_PADDING, estimate, max_context
+from .units import GiB, format_size, parse_size
+from .weights import WEIGHT_QUANTS
 
 PROG = "python -m pyturbo.fit"
 
@@ -50,6 +54,10 @@ KLD_TABLE = {
     ("turbo3", "turbo3"): 0.3663,
     ("turbo2", "turbo2"): 1.2711,
 }
+
+# A recommendation whose KLD is above this gets a warning line: its output differs
+# visibly from the f16 cache's (turbo2/turbo2 is 1.27, turbo4/turbo4 0.10).
+KLD_WARNING = 0.1
 
 # Models with this many query heads per KV head are fragile under a symmetric
 # turbo K cache (design/turboquant.md section 4): q8_0-K pairs rank first there.
@@ -163,17 +171,28 @@ def recommend(results: Sequence[FitResult], geometry: ModelGeometry, memory: int
                 reason += f"; {', '.join(better)} do not fit"
             if geometry.gqa_ratio >= FRAGILE_GQA_RATIO:
                 reason += f"; GQA ratio {geometry.gqa_ratio:g}: q8_0-K pairs rank before symmetric turbo"
-            return {"type_k": r.type_k, "type_v": r.type_v, "n_ctx": target, "total": r.total, "reason": reason}
+            return {"type_k": r.type_k, "type_v": r.type_v, "n_ctx": target, "total": r.total, "reason": reason,
+                    "warning": quality_warning(r)}
     longest = max(order, key=lambda c: by_config[c].n_ctx)  # max() keeps the first, best-quality, of ties
     r = by_config[longest]
     if r.n_ctx == 0:
         r = min(results, key=lambda result: result.total)
         reason = (f"nothing fits in {format_size(memory)}: even {CELL_PADDING} tokens with {r.type_k}/{r.type_v} "
                   f"need {format_size(r.total)}; use smaller weights (see the what-if table) or more memory")
-        return {"type_k": None, "type_v": None, "n_ctx": 0, "total": r.total, "reason": reason}
+        return {"type_k": None, "type_v": None, "n_ctx": 0, "total": r.total, "reason": reason, "warning": None}
     reason = (f"{r.type_k}/{r.type_v}: no configuration fits {target} tokens in {format_size(memory)}; "
               f"this one reaches the longest context, {r.n_ctx} tokens")
-    return {"type_k": r.type_k, "type_v": r.type_v, "n_ctx": r.n_ctx, "total": r.total, "reason": reason}
+    return {"type_k": r.type_k, "type_v": r.type_v, "n_ctx": r.n_ctx, "total": r.total, "reason": reason,
+            "warning": quality_warning(r)}
+
+
+def quality_warning(r: FitResult) -> "str | None":
+    """A warning when the measured KLD of r's configuration is above KLD_WARNING, else None."""
+    if r.kld is None or r.kld <= KLD_WARNING:
+        return None
+    return (f"{r.type_k}/{r.type_v} has a mean KLD of {r.kld:g} against the f16 cache in the measured table "
+            f"(above {KLD_WARNING:g}): expect visibly different, worse output; a shorter context (-c), "
+            "more memory or smaller weights (the what-if table) allows a better cache")
 
 
 def plan(model: "str | os.PathLike", memory: "int | str | None" = None, n_ctx: "int | None" = None,
@@ -252,6 +271,8 @@ def to_markdown(p: Plan) -> str:
         lines.append(markdown_table(["K / V"] + quants, rows, [False] + [True] * len(quants)))
     if p.recommendation:
         lines.append(f"Recommendation: {p.recommendation['reason']}")
+        if p.recommendation["warning"]:
+            lines.append(f"Warning: {p.recommendation['warning']}")
     return "\n".join(lines) + "\n"
 
 
@@ -270,10 +291,10 @@ def plot(header: GGUFHeader, configs: Sequence[tuple], memory: "int | None", pat
                        for i in range(n_points)} | {top})
     fig, ax = plt.subplots(figsize=(8, 5))
     for k, v in configs:
-        totals = [estimate(header, n, k, v, weight_quant=weights_as, **kwargs).total / (1 << 30) for n in contexts]
+        totals = [estimate(header, n, k, v, weight_quant=weights_as, **kwargs).total / GiB for n in contexts]
         ax.plot(contexts, totals, label=f"{k}/{v}")
     if memory is not None:
-        ax.axhline(memory / (1 << 30), color="black", linestyle="--", label=f"budget {format_size(memory)}")
+        ax.axhline(memory / GiB, color="black", linestyle="--", label=f"budget {format_size(memory)}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("memory (GiB)")
@@ -301,15 +322,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("model", help="GGUF file (only its header is read)")
     parser.add_argument("--memory", "-m", type=size_arg, default=None,
                         help="memory budget: 16GiB, 16GB, 16000MB or bytes")
-    parser.add_argument("--ctx", "-c", type=int, default=None, help="context length to size instead")
-    parser.add_argument("--cache-k", "-ctk", dest="cache_k", type=str_list, default=None, metavar="T[,T..]",
-                        help="K cache types (default: the standard set of K/V pairs)")
-    parser.add_argument("--cache-v", "-ctv", dest="cache_v", type=str_list, default=None, metavar="T[,T..]",
-                        help="V cache types; every K is paired with every V")
+    add_ctx_flag(parser, None, "context length to size instead")
+    add_cache_flags(parser, many=True)
+    # Neither -ctk nor -ctv given: the standard set of K/V pairs (DEFAULT_CONFIGS), not f16/f16.
+    parser.set_defaults(cache_k=None, cache_v=None)
+    add_flash_attn_flag(parser)
     parser.add_argument("--weights", dest="weights_as", choices=WEIGHT_QUANTS, default=None,
                         help="size the weights as this llama-quantize preset instead of as stored")
-    parser.add_argument("-fa", "--flash-attn", dest="flash_attn", default="on", choices=["on", "off", "auto"],
-                        help="flash attention (default on; a quantized V cache needs it)")
     parser.add_argument("--n-seq", dest="n_seq", type=int, default=1, help="parallel sequences (default 1)")
     parser.add_argument("--swa-full", action="store_true", help="full-size cache for sliding-window layers")
     parser.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=int, default=512,
@@ -321,17 +340,18 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.memory is None and not args.ctx:
-        raise ValueError("give a memory budget (--memory 16GiB), a context (--ctx 32768), or both")
-    if args.ctx is not None and args.ctx <= 0:
-        raise ValueError(f"--ctx must be a positive number of tokens, got {args.ctx}")
+    if args.memory is None and not args.n_ctx:
+        raise ValueError("give a memory budget (--memory 16GiB), a context (-c 32768), or both")
+    if args.n_ctx is not None and args.n_ctx <= 0:
+        raise ValueError(f"-c/--ctx-size must be a positive number of tokens, got {args.n_ctx}")
     configs = parse_configs(args.cache_k, args.cache_v)
     options = {"flash_attn": args.flash_attn, "n_seq": args.n_seq, "swa_full": args.swa_full,
                "n_ubatch": args.n_ubatch}
-    result = plan(args.model, args.memory, args.ctx, configs, args.weights_as, **options)
+    result = plan(args.model, args.memory, args.n_ctx, configs, args.weights_as, **options)
     sys.stdout.write(to_json(result) if args.json else to_markdown(result))
     if args.plot:
-        plot(read_gguf_header(args.model), configs, args.memory, args.plot, args.ctx, args.weights_as, **options)
+        plot(read_gguf_header(args.model), configs, args.memory, args.plot, args.n_ctx, args.weights_as,
+             **options)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 

@@ -4,7 +4,7 @@ Architecture, parameters, file type and bits per weight, the tensor types,
 layers, heads, head sizes, training context, sliding window, chat template,
 tokenizer, and the KV-cache bytes one token of context costs with f16, q8_0 and
 turbo3 caches. Read from the GGUF header alone: no tensor data is read and no
-model is loaded (pyturbo.memory's header reader).
+model is loaded (pyturbo.gguf's header reader).
 """
 
 from __future__ import annotations
@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gguf import GGMLQuantizationType
-
 from ._cli import ArgumentParser, run_main
-from .cache_types import cache_type
-from .context import MiB
+from .cache_types import cache_type, check_cache
 from .errors import CacheTypeError
-from .memory import CacheCells, check_cache_for_model, kv_bytes, model_geometry, read_gguf_header
-from .quantize import file_type_name
+from .geometry import model_geometry
+from .gguf import read_gguf_header
+from .memory import CacheCells, kv_bytes
+from .units import MiB
+from .weights import weight_stats
 
 PROG = "python -m pyturbo.info"
 
@@ -64,7 +63,7 @@ def kv_bytes_per_token(geometry, type_name: str) -> "int | None":
     (None when the model cannot use it: a head size its block does not divide, no rotation)."""
     ctype = cache_type(type_name)
     try:
-        check_cache_for_model(geometry, ctype, ctype, flash_attn=True)
+        check_cache(ctype, ctype, "on", geometry)
     except CacheTypeError:
         return None
     one_cell = CacheCells(n_ctx=1, cells=1, cells_swa=1, n_stream=1, n_ubatch=1)
@@ -85,24 +84,17 @@ def inspect(path: "str | os.PathLike") -> ModelInfo:
     header = read_gguf_header(path)
     geometry = model_geometry(header)
     metadata = header.metadata
-    counts, params = Counter(), Counter()
-    for tensor in header.tensors:
-        type_name = GGMLQuantizationType(tensor.type_id).name
-        counts[type_name] += 1
-        params[type_name] += tensor.n_elements
-    n_params = sum(params.values())
-    tensor_bytes = sum(t.nbytes for t in header.tensors)
-    ftype = metadata.get("general.file_type")
+    stats = weight_stats(header)
     return ModelInfo(
         path=str(path),
         name=str(metadata.get("general.name", Path(path).name)),
         architecture=header.architecture,
-        n_params=n_params,
-        file_type=file_type_name(int(ftype)) if ftype is not None else "unknown",
-        bits_per_weight=8.0 * tensor_bytes / n_params if n_params else 0.0,
+        n_params=stats.n_params,
+        file_type=stats.file_type or "unknown",
+        bits_per_weight=stats.bits_per_weight,
         file_bytes=Path(path).stat().st_size,
-        tensor_types=dict(counts.most_common()),
-        tensor_type_params={name: params[name] for name, _ in params.most_common()},
+        tensor_types=stats.type_tensors,
+        tensor_type_params=stats.type_params,
         n_layer=geometry.n_layer,
         n_embd=geometry.n_embd,
         n_head=geometry.n_head,

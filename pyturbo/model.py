@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import weakref
 from pathlib import Path
+from typing import Iterator
 
 from . import _native
 from ._native import ffi, llama
 from .assets import default_model
-from .errors import InvalidModelError, ModelNotFoundError, PyturboError
-
-GGUF_MAGIC = b"GGUF"
-
-
-def check_gguf_file(path: Path) -> None:
-    """Fail early, in Python, on the file problems llama.cpp reports only as a NULL model."""
-    if not path.exists():
-        raise ModelNotFoundError(f"model file not found: {path}")
-    if path.is_dir():
-        raise InvalidModelError(f"model path is a directory, not a GGUF file: {path}")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise InvalidModelError(f"not a GGUF file (bad magic {magic!r}): {path}")
+from .context import Context
+from .errors import InvalidModelError, PyturboError
+from .geometry import ModelGeometry, model_geometry
+from .gguf import check_gguf_file, read_gguf_header
+from .weights import select_quant
 
 
 class Model:
@@ -35,15 +28,15 @@ class Model:
 
     quant: a weight type (any llama-quantize name, any case). The path may then
     also be a folder or a glob pattern of several quants of one model; a 16/32-bit
-    file is quantized once into the cache dir (see pyturbo.quantize.select_quant).
+    file is quantized once into the cache dir (see pyturbo.weights.select_quant).
     """
 
     def __init__(self, path: "str | os.PathLike | None" = None, n_gpu_layers: int = 0,
                  *, use_mmap: bool = True, vocab_only: bool = False, quant: "str | None" = None) -> None:
         self.path = Path(path) if path is not None else default_model()
         if quant is not None:
-            from .quantize import select_quant  # the quantize tool is only needed to pick a quant
             self.path = select_quant(self.path, quant)
+        # Fail early, in Python, on the file problems llama.cpp reports only as a NULL model.
         check_gguf_file(self.path)
         params = llama.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
@@ -144,21 +137,20 @@ class Model:
     def size_bytes(self) -> int:
         return llama.llama_model_size(self.handle)
 
-    def _head_size(self, kind: str) -> int:
-        value = self.metadata(f"{self.architecture}.attention.{kind}_length")
-        if value is not None:
-            return int(value)
-        return self.n_embd // max(self.n_head, 1)
+    @functools.cached_property
+    def geometry(self) -> ModelGeometry:
+        """Per-layer heads, head sizes, sliding window, ... as llama.cpp reads them (from the GGUF header)."""
+        return model_geometry(read_gguf_header(self.path))
 
     @property
     def head_size_k(self) -> int:
         """Size of one K head (GGUF `attention.key_length`, else n_embd / n_head)."""
-        return self._head_size("key")
+        return self.geometry.head_size_k
 
     @property
     def head_size_v(self) -> int:
         """Size of one V head (GGUF `attention.value_length`, else n_embd / n_head)."""
-        return self._head_size("value")
+        return self.geometry.head_size_v
 
     @property
     def chat_template(self) -> "str | None":
@@ -181,10 +173,20 @@ class Model:
 
     def context(self, n_ctx: int = 4096, cache_k: str = "f16", cache_v: str = "f16",
                 flash_attn: "str | bool" = "auto", n_threads: "int | None" = None, seed: int = 0,
-                **kwargs) -> "Context":
+                **kwargs) -> Context:
         """Create an inference context; see `pyturbo.Context` for the parameters."""
-        from .context import Context
         ctx = Context(self, n_ctx=n_ctx, cache_k=cache_k, cache_v=cache_v, flash_attn=flash_attn,
                       n_threads=n_threads, seed=seed, **kwargs)
         self._contexts.add(ctx)
         return ctx
+
+
+@contextlib.contextmanager
+def open_model(model: "Model | str | os.PathLike", **kwargs) -> Iterator[Model]:
+    """`with open_model(model) as m:` a Model as it is, or one loaded from a path (with
+    kwargs) and closed when the block ends."""
+    if isinstance(model, Model):
+        yield model
+        return
+    with Model(model, **kwargs) as loaded:
+        yield loaded

@@ -10,11 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-from ._cli import ArgumentParser, add_cache_flags, add_common_flags, run_main, setup_logging
+from ._cli import (ArgumentParser, add_cache_flags, add_common_flags, add_ctx_flag, add_flash_attn_flag, run_main,
+                   setup_logging)
 from .assets import default_model
-from .context import MiB
 from .model import Model
-from .quantize import select_quant
+from .units import MiB
+from .weights import select_quant
 
 PROG = "python -m pyturbo.run"
 
@@ -30,9 +31,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("-p", "--prompt", default="The capital of France is", help="prompt text")
     parser.add_argument("-n", "--n-predict", dest="n_predict", type=int, default=64,
                         help="tokens to generate (default 64)")
-    parser.add_argument("-c", "--ctx-size", dest="n_ctx", type=int, default=4096,
-                        help="context size in tokens (default 4096, 0 = the model's)")
+    add_ctx_flag(parser, 4096, "context size in tokens (default 4096, 0 = the model's)")
     add_cache_flags(parser)
+    add_flash_attn_flag(parser)
     add_common_flags(parser)
     parser.add_argument("-s", "--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--temp", type=float, default=0.0, help="temperature (default 0 = greedy)")

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import pyturbo
 from pyturbo import bench, eval as pteval
 from pyturbo._report import render
 
@@ -38,7 +39,7 @@ def test_bench_runs_the_cartesian_product_with_llama_bench_test_names(bench_resu
         (k, t) for k in ("f16", "q8_0") for t in ("pp32", "tg4", "pp32 @ d32", "tg4 @ d32")]
     for r in bench_results:
         assert r.avg_ts > 0 and r.stddev_ts >= 0 and len(r.samples_ts) == 2
-        assert r.kv_bytes > 0 and r.n_ctx >= 64 and r.type_v == "turbo3" and r.flash_attn == "on"
+        assert r.kv_bytes > 0 and r.n_ctx >= 64 and r.type_v == "turbo3" and r.flash_attn == "auto"  # llama-bench's default
 
 
 def test_bench_output_formats_parse(bench_results):
@@ -117,10 +118,27 @@ def test_niah_records_every_length_and_depth_with_the_same_needles(tiny_model, t
                           text=text_file, n_threads=1, progress=False)
     assert [(r.type_v, r.length, r.depth) for r in results] == [
         (v, n, d) for v in ("f16", "turbo3") for n in (384, 512) for d in (0.0, 0.5, 1.0)]
-    assert all(r.trials == 2 and 0 <= r.passed <= 2 for r in results)
+    # A random model cannot produce a six-digit passcode: no trial may pass by accident.
+    assert all(r.trials == 2 and r.passed == 0 for r in results)
     records = json.loads(render(results, "json", pteval.niah_to_markdown))
     assert NIAH_FIELDS <= set(records[0])
-    assert "| f16 / f16 | 384 |" in pteval.niah_to_markdown(results)
+    assert "| f16 / f16 | 384 | 0/2 |" in pteval.niah_to_markdown(results)
+
+
+def test_niah_passes_every_trial_when_the_reply_holds_the_hidden_passcode(tiny_model, text_file, monkeypatch):
+    """A stand-in for a perfect model: it answers with the passcode it finds in the prompt, so
+    every trial passes only if each needle really is in its haystack and the reply is scored."""
+    import re
+
+    def perfect_reader(ctx, prompt, max_tokens=64, **kwargs):
+        # the tiny vocabulary spells some spaces as "▁": allow any non-word run between words
+        found = re.search(r"secret\W+passcode\W+of\W+\w+\W+is\W+(\d{6})", ctx.detokenize(prompt))
+        return found.group(1) if found else "no needle"
+
+    monkeypatch.setattr(pyturbo.Context, "complete", perfect_reader)
+    results = pteval.niah(tiny_model, [384], [0.0, 0.5, 1.0], "f16/f16", trials=3, text=text_file, n_threads=1,
+                          progress=False)
+    assert [(r.depth, r.passed, r.trials) for r in results] == [(0.0, 3, 3), (0.5, 3, 3), (1.0, 3, 3)]
 
 
 def test_niah_needles_are_seeded_and_the_prompt_fits(tiny_model, text_file):

@@ -27,3 +27,24 @@ def test_lookup_is_case_insensitive_and_accepts_ggml_ids():
 def test_unknown_names_raise_with_the_valid_list(bad):
     with pytest.raises(pyturbo.CacheTypeError, match="valid cache types: f32, f16, bf16, q8_0"):
         pyturbo.cache_type(bad)
+
+
+def test_the_static_table_matches_the_loaded_libggml():
+    """pyturbo.cache_types is a table (no native library needed); it must say what libggml says."""
+    from pyturbo._native import c_string, ggml
+
+    for t in pyturbo.cache_types():
+        assert c_string(ggml.ggml_type_name(t.type_id)) == t.name
+        assert ggml.ggml_blck_size(t.type_id) == t.block_size, t.name
+        assert ggml.ggml_type_size(t.type_id) == t.type_size, t.name
+    assert [t.type_id for t in pyturbo.cache_types() if t.turbo] == [43, 44, 45]
+
+
+def test_cache_rules_without_a_model_only_check_flash_attention():
+    from pyturbo.cache_types import check_cache
+
+    q4, f16 = pyturbo.cache_type("q4_0"), pyturbo.cache_type("f16")
+    check_cache(f16, q4, "auto")
+    check_cache(q4, f16, "off")                     # a quantized K works without flash attention
+    with pytest.raises(pyturbo.CacheTypeError, match="requires flash attention"):
+        check_cache(f16, q4, "off")

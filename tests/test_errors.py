@@ -46,9 +46,12 @@ def test_quantized_v_without_flash_attention_is_refused(tiny_model):
         tiny_model.context(n_ctx=256, cache_v="q4_0", flash_attn="off")
 
 
-def test_quantized_k_without_flash_attention_works(tiny_model):
+def test_quantized_k_without_flash_attention_gives_the_f16_caches_tokens(tiny_model):
+    with tiny_model.context(n_ctx=256, flash_attn="off") as ctx:
+        reference = ctx.complete("the cat", max_tokens=8)
     with tiny_model.context(n_ctx=256, cache_k="q8_0", cache_v="f16", flash_attn="off") as ctx:
-        assert len(ctx.complete("the cat", max_tokens=4)) > 0
+        assert ctx.complete("the cat", max_tokens=8) == reference
+        assert ctx.last_stats.n_gen == 8
 
 
 def test_head_size_not_a_multiple_of_the_block_is_refused(tmp_path):

@@ -7,56 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from gguf import GGUFWriter
-
 import pyturbo
-from pyturbo import fit, memory
-from pyturbo.memory import GiB, KiB, MiB
+from pyturbo import fit, memory, units
+from pyturbo.geometry import model_geometry
+from pyturbo.gguf import read_gguf_header
+from pyturbo.units import GiB, KiB, MiB
+from pyturbo.weights import WEIGHT_QUANTS, weight_bytes, weight_bytes_as
+from tiny_gguf import write_header_only as write_header
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE_TYPES = [t.name for t in pyturbo.cache_types()]
-
-
-def write_header(path: Path, arch: str = "llama", n_layer: int = 4, n_embd: int = 512, n_head=8, n_head_kv=2,
-                 head: int = 64, n_ff: int = 1024, n_vocab: int = 1000, n_ctx_train: int = 8192,
-                 extra: "dict | None" = None, tensors: bool = True) -> Path:
-    """A header-only GGUF (metadata + f16 tensor infos, no data). n_head/n_head_kv may be per-layer lists."""
-    writer = GGUFWriter(str(path), arch)
-    writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_key_length(head)
-    writer.add_value_length(head)
-    writer.add_vocab_size(n_vocab)
-    for key, value in (extra or {}).items():
-        if isinstance(value, list):
-            writer.add_array(f"{arch}.{key}", value)
-        else:
-            writer.add_uint32(f"{arch}.{key}", value)
-    if tensors:
-        max_head = max(n_head) if isinstance(n_head, list) else n_head
-        max_kv = max(n_head_kv) if isinstance(n_head_kv, list) else n_head_kv
-
-        def tensor(name: str, *shape: int) -> None:
-            writer.add_tensor_info(name, shape, np.dtype(np.float16), 2 * int(np.prod(shape)))
-
-        tensor("token_embd.weight", n_vocab, n_embd)
-        tensor("output.weight", n_vocab, n_embd)
-        for i in range(n_layer):
-            tensor(f"blk.{i}.attn_q.weight", max_head * head, n_embd)
-            tensor(f"blk.{i}.attn_k.weight", max_kv * head, n_embd)
-            tensor(f"blk.{i}.attn_v.weight", max_kv * head, n_embd)
-            tensor(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    writer.close()
-    return path
 
 
 # -- sizes ---------------------------------------------------------------------------------
@@ -66,13 +27,13 @@ def write_header(path: Path, arch: str = "llama", n_layer: int = 4, n_embd: int 
     ("1.5 GiB", 3 * GiB // 2), ("512kib", 512 * KiB), (4096, 4096),
 ])
 def test_parse_size_accepts_binary_decimal_and_plain_bytes(text, expected):
-    assert memory.parse_size(text) == expected
+    assert units.parse_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["16 gigs", "GiB", "-1GB", "", "16GiBs", "1e9"])
 def test_parse_size_rejects_bad_sizes_with_a_clear_error(text):
     with pytest.raises(ValueError, match="invalid size"):
-        memory.parse_size(text)
+        units.parse_size(text)
 
 
 # -- header arithmetic ---------------------------------------------------------------------
@@ -107,7 +68,7 @@ def test_per_layer_kv_head_counts_are_summed_layer_by_layer(tmp_path):
 def test_sliding_window_layers_keep_the_window_plus_a_batch(tmp_path):
     # gemma2: every other layer slides (pattern 2): layers 0, 2, 4 use the window
     path = write_header(tmp_path / "g.gguf", arch="gemma2", n_layer=6, extra={"attention.sliding_window": 1024})
-    geometry = memory.model_geometry(memory.read_gguf_header(path))
+    geometry = model_geometry(read_gguf_header(path))
     assert [layer.swa for layer in geometry.layers] == [True, False] * 3
     est = memory.estimate(path, 8192)
     swa_cells = 1024 + 512                                    # window + n_ubatch, padded to 256
@@ -153,17 +114,16 @@ def test_quantized_v_without_flash_attention_is_refused(tmp_path):
 def test_header_only_files_are_read_without_tensor_data(tmp_path):
     path = write_header(tmp_path / "m.gguf")
     assert path.stat().st_size < 64 * KiB
-    header = memory.read_gguf_header(path)
-    assert memory.weight_bytes(header) == 2 * (2 * 1000 * 512 + 4 * (512 * 512 + 2 * 128 * 512 + 512 * 1024))
+    header = read_gguf_header(path)
+    per_layer = 2 * 512 + 2 * 512 * 512 + 2 * 128 * 512 + 3 * 1024 * 512   # norms, q/o, k/v, gate/up/down
+    assert weight_bytes(header) == 2 * (2 * 1000 * 512 + 512 + 4 * per_layer)
 
 
 def test_q4_k_m_what_if_matches_the_real_llama_3_1_8b_file_size(tmp_path):
     # Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf holds 4,920,734,464 bytes of tensors (4.58 GiB)
-    sys.path.insert(0, str(REPO / "docs" / "results"))
-    from fit_synthetic import SHAPES, write_header as write_llama
-
-    path = write_llama(tmp_path / "8b.gguf", *SHAPES["llama-8b-shape"])
-    size = memory.weight_bytes_as(memory.read_gguf_header(path), "q4_K_M")
+    path = write_header(tmp_path / "8b.gguf", n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, head=128,
+                        n_ff=14336, n_vocab=128256, n_ctx_train=131072)
+    size = weight_bytes_as(read_gguf_header(path), "q4_K_M")
     assert size == pytest.approx(4_920_734_464, rel=0.02)
 
 
@@ -175,7 +135,7 @@ def assert_estimate_matches(model, path, n_ctx, cache_k, cache_v, flash_attn="on
     assert est.n_ctx == measured.n_ctx
     # KV bytes: llama.cpp prints MiB to two decimals; the estimate prints identically
     # and lies within that resolution (0.005 MiB) of the printed value.
-    assert measured.kv_logged == [(memory.llama_mib(est.kv_k), memory.llama_mib(est.kv_v))]
+    assert measured.kv_logged == [(units.llama_mib(est.kv_k), units.llama_mib(est.kv_v))]
     assert abs(est.kv_k - measured.kv_k) <= 0.005 * MiB + 1
     assert abs(est.kv_v - measured.kv_v) <= 0.005 * MiB + 1
     assert est.weights == measured.weights
@@ -242,7 +202,7 @@ def test_fit_cli_finds_the_largest_context_that_fits(header_70b, tmp_path):
     ranked = [r["n_ctx"] for r in plan["results"]]
     assert ranked[0] < ranked[-1]                      # f16/f16 reaches less than turbo2/turbo2
     assert plan["recommendation"]["reason"]
-    assert set(plan["what_if"]) == set(memory.WEIGHT_QUANTS)
+    assert set(plan["what_if"]) == set(WEIGHT_QUANTS)
     assert (tmp_path / "p.png").stat().st_size > 0
 
 
@@ -265,3 +225,25 @@ def test_fit_cli_errors_are_one_line_and_exit_code_2(header_70b, args, message):
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert "Traceback" not in done.stderr
+
+
+def test_fit_warns_when_its_recommendation_has_a_kld_above_0_1(tmp_path):
+    # An 8B shape in 8 GiB at q4_K_M weights: only a 2-bit cache reaches the training context.
+    path = write_header(tmp_path / "8b.gguf", n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, head=128,
+                        n_ff=14336, n_vocab=128256, n_ctx_train=131072)
+    done = run_fit(path, "--memory", "8GiB", "--weights", "q4_K_M")
+    assert done.returncode == 0, done.stderr
+    recommendation = next(line for line in done.stdout.splitlines() if line.startswith("Recommendation:"))
+    kld = fit.KLD_TABLE[tuple(recommendation.split()[1].rstrip(":").split("/"))]
+    assert kld > fit.KLD_WARNING
+    warnings = [line for line in done.stdout.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1 and f"KLD of {kld:g}" in warnings[0]
+    plan = json.loads(run_fit(path, "--memory", "8GiB", "--weights", "q4_K_M", "--json").stdout)
+    assert plan["recommendation"]["warning"] == warnings[0][len("Warning: "):]
+
+
+def test_fit_does_not_warn_about_a_good_recommendation(header_70b):
+    plan = json.loads(run_fit(header_70b, "--memory", "64GiB", "--weights", "q4_K_M", "--json").stdout)
+    assert plan["recommendation"]["type_k"] is not None
+    assert fit.KLD_TABLE[plan["recommendation"]["type_k"], plan["recommendation"]["type_v"]] <= fit.KLD_WARNING
+    assert plan["recommendation"]["warning"] is None

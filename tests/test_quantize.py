@@ -1,4 +1,4 @@
-"""Weight quantization (pyturbo.quantize), quant selection on load (Model(quant=), run --quant), pyturbo.info."""
+"""Weight quantization (pyturbo.weights, python -m pyturbo.quantize), quant selection on load (Model(quant=), run --quant), pyturbo.info."""
 
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ from pyturbo import run as run_tool
 from pyturbo._cli import run_main
 from pyturbo.assets import default_text
 from tiny_gguf import write_tiny_llama
-from pyturbo.memory import read_gguf_header, weight_bytes_as
-from pyturbo.quantize import (
-    PROG, WEIGHT_TYPES, QuantizeError, WeightTypeError, cached_quant_path, main, quant_in_name,
-    read_imatrix, select_quant, weight_type,
+from pyturbo import weights
+from pyturbo.gguf import read_gguf_header
+from pyturbo.imatrix import read_imatrix
+from pyturbo.quantize import PROG, main
+from pyturbo.weights import (
+    WEIGHT_TYPES, QuantizeError, WeightTypeError, cached_quant_path, quant_in_name, quantize, select_quant,
+    weight_bytes_as, weight_type,
 )
 
 
@@ -43,14 +46,14 @@ def run_cli(capsys, argv):
 @pytest.fixture(scope="module")
 def tiny_q8_0(tiny_path, tmp_path_factory):
     dst = tmp_path_factory.mktemp("tiny-quants") / "tiny-Q8_0.gguf"
-    return pyturbo.quantize(tiny_path, dst, "q8_0", threads=THREADS, progress=False)
+    return quantize(tiny_path, dst, "q8_0", threads=THREADS, progress=False)
 
 
-def test_pyturbo_quantize_is_the_module_and_calls_quantize(tiny_path, tmp_path):
-    assert pyturbo.quantize is sys.modules["pyturbo.quantize"]
+def test_quantize_returns_a_result_with_the_types_and_sizes(tiny_path, tmp_path):
     assert pyturbo.QuantizeError is QuantizeError
-    result = pyturbo.quantize(tiny_path, tmp_path / "tiny-f16.gguf", "f16", threads=THREADS, progress=False)
-    assert isinstance(result, pyturbo.QuantizeResult) and result.type == "F16"
+    result = quantize(tiny_path, tmp_path / "tiny-f16.gguf", "f16", threads=THREADS, progress=False)
+    assert isinstance(result, pyturbo.QuantizeResult) and result.type == "F16" and result.src_type == "F32"
+    assert result.dst_bpw == pytest.approx(16.0, abs=0.5) and result.src_bpw == pytest.approx(32.0, abs=0.5)
 
 
 def test_weight_type_names_are_llama_quantizes_in_any_case():
@@ -74,13 +77,13 @@ def test_weight_types_match_the_pinned_llama_quantize_and_llama_h():
 
 def test_turbo_type_is_refused_as_a_weight_type(tiny_path, tmp_path):
     with pytest.raises(WeightTypeError, match="turbo3 is a KV-cache type.*cache_k"):
-        pyturbo.quantize(tiny_path, tmp_path / "out.gguf", "turbo3")
+        quantize(tiny_path, tmp_path / "out.gguf", "turbo3")
     assert not (tmp_path / "out.gguf").exists()
 
 
 def test_unknown_type_lists_the_valid_ones(tiny_path, tmp_path):
     with pytest.raises(WeightTypeError, match=r"unknown weight type 'q5_k_x'.*Q4_K_M.*Q8_0"):
-        pyturbo.quantize(tiny_path, tmp_path / "out.gguf", "q5_k_x")
+        quantize(tiny_path, tmp_path / "out.gguf", "q5_k_x")
 
 
 def test_f32_model_quantizes_to_q8_0_that_loads_and_generates(tiny_q8_0, tiny_path):
@@ -90,32 +93,35 @@ def test_f32_model_quantizes_to_q8_0_that_loads_and_generates(tiny_q8_0, tiny_pa
     # Every matrix is q8_0 (34 bytes per 32 weights); the f32 norms are a tiny share.
     assert tiny_q8_0.dst_bpw == pytest.approx(8.5, rel=0.03)
     assert tiny_q8_0.dst_bytes < tiny_q8_0.src_bytes / 3
+    # q8_0 weights keep the f32 model's greedy tokens
+    with pyturbo.Model(tiny_path) as model, model.context(n_ctx=64, n_threads=1) as ctx:
+        reference = ctx.complete("the cat", max_tokens=4)
     with pyturbo.Model(tiny_q8_0.dst) as model, model.context(n_ctx=64, n_threads=1) as ctx:
-        assert len(list(ctx.generate("the cat", max_tokens=4))) > 0
+        assert ctx.complete("the cat", max_tokens=4) == reference
 
 
 def test_requantizing_needs_the_flag_and_says_why(tiny_q8_0, tmp_path):
     with pytest.raises(QuantizeError, match=r"already quantized \(Q8_0.*second rounding error.*allow_requantize"):
-        pyturbo.quantize(tiny_q8_0.dst, tmp_path / "q4.gguf", "Q4_0", progress=False)
+        quantize(tiny_q8_0.dst, tmp_path / "q4.gguf", "Q4_0", progress=False)
     assert not (tmp_path / "q4.gguf").exists()
     # pure: every matrix Q4_0 (18 bytes per 32 weights), none of the mixture's q8_0 output.
-    result = pyturbo.quantize(tiny_q8_0.dst, tmp_path / "q4.gguf", "Q4_0", allow_requantize=True,
+    result = quantize(tiny_q8_0.dst, tmp_path / "q4.gguf", "Q4_0", allow_requantize=True,
                               threads=THREADS, pure=True, progress=False)
     assert result.src_type == "Q8_0" and result.dst_bpw == pytest.approx(4.5, rel=0.03)
 
 
 def test_missing_source_is_model_not_found(tmp_path):
     with pytest.raises(pyturbo.ModelNotFoundError, match="source model not found"):
-        pyturbo.quantize(tmp_path / "nope.gguf", tmp_path / "out.gguf", "q8_0")
+        quantize(tmp_path / "nope.gguf", tmp_path / "out.gguf", "q8_0")
 
 
 def test_existing_destination_needs_overwrite(tiny_path, tmp_path):
     dst = tmp_path / "out.gguf"
     dst.write_bytes(b"keep me")
     with pytest.raises(QuantizeError, match=r"destination exists.*overwrite=True \(--force\)"):
-        pyturbo.quantize(tiny_path, dst, "q8_0")
+        quantize(tiny_path, dst, "q8_0")
     assert dst.read_bytes() == b"keep me"
-    pyturbo.quantize(tiny_path, dst, "q8_0", overwrite=True, threads=THREADS, progress=False)
+    quantize(tiny_path, dst, "q8_0", overwrite=True, threads=THREADS, progress=False)
     assert read_gguf_header(dst).metadata["general.file_type"] == 7
 
 
@@ -191,8 +197,8 @@ def test_an_imatrix_reaches_llama_cpp(tiny_path, tmp_path):
     loaded = read_imatrix(tmp_path / "tiny.imatrix")
     assert loaded.keys() == entries.keys()
     assert all(np.allclose(loaded[name], entries[name], rtol=1e-6) for name in entries)
-    plain = pyturbo.quantize(tiny_path, tmp_path / "plain.gguf", "q4_0", threads=THREADS, progress=False)
-    weighted = pyturbo.quantize(tiny_path, tmp_path / "weighted.gguf", "q4_0", threads=THREADS,
+    plain = quantize(tiny_path, tmp_path / "plain.gguf", "q4_0", threads=THREADS, progress=False)
+    weighted = quantize(tiny_path, tmp_path / "weighted.gguf", "q4_0", threads=THREADS,
                                 imatrix=tmp_path / "tiny.imatrix", progress=False)
     # Same types and sizes; the importance weights change which codes the blocks get.
     assert plain.dst_bytes == weighted.dst_bytes
@@ -203,12 +209,12 @@ def test_llama_cpp_refusal_comes_back_with_its_reason_and_leaves_no_file(tmp_pat
     # IQ2_XXS needs an importance matrix for rows of 256 values (the tiny default of 128 falls back).
     source = write_tiny_llama(tmp_path / "tiny-256.gguf", n_embd=256, n_head=4, n_head_kv=2, n_ff=512)
     with pytest.raises(QuantizeError, match=r"requires an imatrix.*--imatrix FILE"):
-        pyturbo.quantize(source, tmp_path / "iq2.gguf", "IQ2_XXS", threads=THREADS, progress=False)
+        quantize(source, tmp_path / "iq2.gguf", "IQ2_XXS", threads=THREADS, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-256.gguf"]
     header = read_gguf_header(source)
     write_legacy_imatrix(tmp_path / "tiny.imatrix", {t.name: np.ones(t.shape[0], dtype=np.float32)
                                                      for t in header.tensors if len(t.shape) == 2})
-    result = pyturbo.quantize(source, tmp_path / "iq2.gguf", "IQ2_XXS", threads=THREADS,
+    result = quantize(source, tmp_path / "iq2.gguf", "IQ2_XXS", threads=THREADS,
                               imatrix=tmp_path / "tiny.imatrix", progress=False)
     assert read_gguf_header(result.dst).metadata["general.file_type"] == 19 and result.dst_bpw < 4
 
@@ -220,7 +226,7 @@ def quant_dir(tiny_path, tiny_q8_0, tmp_path_factory):
     """A folder of quants of the tiny model named as on model hubs (Q8_0, Q4_0), no 16/32-bit file."""
     folder = tmp_path_factory.mktemp("quant-dir")
     shutil.copy(tiny_q8_0.dst, folder / "tiny-llama-Q8_0.gguf")
-    pyturbo.quantize(tiny_path, folder / "tiny-llama.q4_0.gguf", "Q4_0", threads=THREADS, progress=False)
+    quantize(tiny_path, folder / "tiny-llama.q4_0.gguf", "Q4_0", threads=THREADS, progress=False)
     return folder
 
 
@@ -266,7 +272,7 @@ def test_a_16_or_32_bit_model_is_quantized_once_into_the_cache(tiny_path, tmp_pa
     def must_not_run(*args, **kwargs):
         raise AssertionError("the cached quant was made again")
 
-    monkeypatch.setattr(pyturbo.quantize, "quantize", must_not_run)
+    monkeypatch.setattr(weights, "quantize", must_not_run)
     with pyturbo.Model(source, quant="Q8_0") as model:
         assert model.path == made
     # Another source (other bytes) gets its own entry: the key is the content, not the name.
@@ -334,7 +340,7 @@ def smol_f16(smol_path, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smol_quants(smol_f16):
-    return {name: pyturbo.quantize(smol_f16, smol_f16.with_name(f"smol-{name}.gguf"), name, threads=THREADS,
+    return {name: quantize(smol_f16, smol_f16.with_name(f"smol-{name}.gguf"), name, threads=THREADS,
                                    progress=False)
             for name in SMOL_QUANTS}
 

@@ -29,13 +29,7 @@ def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: 
 
     writer = GGUFWriter(str(path), "llama")
     writer.add_name("tiny-test-llama")
-    writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_rope_dimension_count(head_size)
+    add_hyperparameters(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv, head_size)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(0)  # all f32
     writer.add_tokenizer_model("llama")
@@ -51,22 +45,66 @@ def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: 
     def weight(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
 
-    writer.add_tensor("token_embd.weight", weight(n_vocab, n_embd))
-    writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    writer.add_tensor("output.weight", weight(n_vocab, n_embd))
-    for i in range(n_layer):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(f"blk.{i}.attn_q.weight", weight(n_head * head_size, n_embd))
-        writer.add_tensor(f"blk.{i}.attn_k.weight", weight(n_head_kv * head_size, n_embd))
-        writer.add_tensor(f"blk.{i}.attn_v.weight", weight(n_head_kv * head_size, n_embd))
-        writer.add_tensor(f"blk.{i}.attn_output.weight", weight(n_embd, n_head * head_size))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(n_ff, n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
+    for name, shape in llama_tensor_shapes(n_vocab, n_embd, n_layer, n_head * head_size, n_head_kv * head_size,
+                                           n_ff):
+        # norms start at 1, matrices at unit-variance outputs
+        writer.add_tensor(name, np.ones(shape, dtype=np.float32) if len(shape) == 1 else weight(*shape))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def add_hyperparameters(writer: GGUFWriter, n_ctx_train: int, n_embd: int, n_layer: int, n_ff: int, n_head,
+                        n_head_kv, head: int) -> None:
+    """The llama hyperparameters llama.cpp and pyturbo.geometry read (head counts may be per-layer lists)."""
+    writer.add_context_length(n_ctx_train)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_rope_dimension_count(head)
+
+
+def llama_tensor_shapes(n_vocab: int, n_embd: int, n_layer: int, q_rows: int, kv_rows: int, n_ff: int) -> list:
+    """(name, numpy shape) of every tensor of a llama model; the norms are 1-D."""
+    shapes = [("token_embd.weight", (n_vocab, n_embd)), ("output_norm.weight", (n_embd,)),
+              ("output.weight", (n_vocab, n_embd))]
+    for i in range(n_layer):
+        shapes += [(f"blk.{i}.attn_norm.weight", (n_embd,)), (f"blk.{i}.attn_q.weight", (q_rows, n_embd)),
+                   (f"blk.{i}.attn_k.weight", (kv_rows, n_embd)), (f"blk.{i}.attn_v.weight", (kv_rows, n_embd)),
+                   (f"blk.{i}.attn_output.weight", (n_embd, q_rows)), (f"blk.{i}.ffn_norm.weight", (n_embd,)),
+                   (f"blk.{i}.ffn_gate.weight", (n_ff, n_embd)), (f"blk.{i}.ffn_up.weight", (n_ff, n_embd)),
+                   (f"blk.{i}.ffn_down.weight", (n_embd, n_ff))]
+    return shapes
+
+
+def write_header_only(path: Path, arch: str = "llama", n_layer: int = 4, n_embd: int = 512, n_head=8,
+                      n_head_kv=2, head: int = 64, n_ff: int = 1024, n_vocab: int = 1000, n_ctx_train: int = 8192,
+                      extra: "dict | None" = None, tensors: bool = True) -> Path:
+    """A GGUF with a llama-shaped model's metadata and f16 tensor infos but no tensor data (a few KB):
+    what memory planning reads. n_head / n_head_kv may be per-layer lists; extra adds
+    `<arch>.<key>` metadata (a list becomes an array)."""
+    writer = GGUFWriter(str(path), arch)
+    add_hyperparameters(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv, head)
+    writer.add_key_length(head)
+    writer.add_value_length(head)
+    writer.add_vocab_size(n_vocab)
+    for key, value in (extra or {}).items():
+        if isinstance(value, list):
+            writer.add_array(f"{arch}.{key}", value)
+        else:
+            writer.add_uint32(f"{arch}.{key}", value)
+    if tensors:
+        q_rows = head * (max(n_head) if isinstance(n_head, list) else n_head)
+        kv_rows = head * (max(n_head_kv) if isinstance(n_head_kv, list) else n_head_kv)
+        for name, shape in llama_tensor_shapes(n_vocab, n_embd, n_layer, q_rows, kv_rows, n_ff):
+            writer.add_tensor_info(name, shape, np.dtype(np.float16), 2 * int(np.prod(shape)))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
     writer.close()
     return path

@@ -14,8 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from gguf import GGUFWriter
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+from tiny_gguf import write_header_only  # noqa: E402  (the one header-only GGUF writer)
 
 SHAPES = {
     # name: (n_layer, n_embd, n_head, n_head_kv, head size, n_ff, n_vocab, training context)
@@ -23,44 +24,6 @@ SHAPES = {
     "llama-70b-shape": (80, 8192, 64, 8, 128, 28672, 128256, 131072),
 }
 BUDGETS = ("8GiB", "16GiB", "24GiB")
-
-
-def write_header(path: Path, n_layer: int, n_embd: int, n_head: int, n_head_kv: int, head: int, n_ff: int,
-                 n_vocab: int, n_ctx_train: int) -> Path:
-    """A llama GGUF with metadata and f16 tensor infos only (a few KB)."""
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_context_length(n_ctx_train)
-    writer.add_embedding_length(n_embd)
-    writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_key_length(head)
-    writer.add_value_length(head)
-    writer.add_rope_dimension_count(head)
-    writer.add_vocab_size(n_vocab)
-
-    def tensor(name: str, *shape: int) -> None:  # shape in numpy order (rows, columns)
-        writer.add_tensor_info(name, shape, np.dtype(np.float16), 2 * int(np.prod(shape)))
-
-    tensor("token_embd.weight", n_vocab, n_embd)
-    tensor("output_norm.weight", n_embd)
-    tensor("output.weight", n_vocab, n_embd)
-    for i in range(n_layer):
-        tensor(f"blk.{i}.attn_norm.weight", n_embd)
-        tensor(f"blk.{i}.attn_q.weight", n_head * head, n_embd)
-        tensor(f"blk.{i}.attn_k.weight", n_head_kv * head, n_embd)
-        tensor(f"blk.{i}.attn_v.weight", n_head_kv * head, n_embd)
-        tensor(f"blk.{i}.attn_output.weight", n_embd, n_head * head)
-        tensor(f"blk.{i}.ffn_norm.weight", n_embd)
-        tensor(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
-        tensor(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
-        tensor(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    writer.close()
-    return path
 
 
 def main() -> None:
@@ -75,7 +38,7 @@ def main() -> None:
     print("which writes the headers and runs, for each model and budget:\n")
     print("    python -m pyturbo.fit MODEL.gguf --memory BUDGET --weights q4_K_M\n")
     for name, shape in SHAPES.items():
-        path = write_header(out_dir / f"{name}.gguf", *shape)
+        path = write_header_only(out_dir / f"{name}.gguf", "llama", *shape)
         for budget in BUDGETS:
             command = [sys.executable, "-m", "pyturbo.fit", str(path), "--memory", budget, "--weights", "q4_K_M"]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout

@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 from .. import _native
-from ..cache_types import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4
+from ..cache_types import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4, check_cache
 from ..cache_types import cache_type as _cache_type
-from ..errors import CacheTypeError, PyturboError
+from ..errors import PyturboError
 
 # llama-cpp-python's release that vendors the same llama.cpp commit as vendor/llama-cpp.pin.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -129,8 +129,7 @@ def llama_kwargs(cache_k: str = "f16", cache_v: str = "f16", flash_attn: "bool |
     k, v = _cache_type(cache_k), _cache_type(cache_v)
     if flash_attn is None:
         flash_attn = k.quantized or v.quantized
-    if v.quantized and not flash_attn:
-        raise CacheTypeError(f"the quantized V cache type {v.name} requires flash attention (flash_attn=True)")
+    check_cache(k, v, bool(flash_attn))
     return {**kwargs, "type_k": k.type_id, "type_v": v.type_id, "flash_attn": bool(flash_attn)}
 
 
