@@ -14,13 +14,14 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections import deque
 from pathlib import Path
 
 import cffi
 
 from . import _cdefs
-from .errors import LibraryError
+from .errors import LibraryError, PyturboError
 
 logger = logging.getLogger("pyturbo.llama_cpp")
 # Quiet unless the application configures logging (the CLIs' --verbose does).
@@ -229,3 +230,31 @@ def install_log_bridge(forward=None) -> None:
 
 def c_string(value) -> str:
     return ffi.string(value).decode("utf-8", "replace") if value != ffi.NULL else ""
+
+
+class NativeObject:
+    """Owns one C handle: freed once, by close(), the end of a `with` block or garbage collection."""
+
+    def _own(self, handle, free) -> None:
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, free, handle)
+
+    @property
+    def handle(self):
+        if self.closed:
+            raise PyturboError(f"this {type(self).__name__} is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Free the native object. Safe to call twice."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

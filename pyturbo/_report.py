@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import json
+import sys
 from typing import Callable, Sequence
 
 from .errors import PyturboError
@@ -43,6 +44,14 @@ def render(records: Sequence, fmt: str, to_markdown: Callable[[Sequence], str]) 
             writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in d.items()})
         return out.getvalue()
     raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+
+
+def emit(records: Sequence, fmt: str, to_markdown: Callable[[Sequence], str], plot_path: "str | None" = None,
+         plot: "Callable[[Sequence, str], None] | None" = None) -> None:
+    """Print records in fmt on stdout and, when plot_path is given, draw them into it with plot."""
+    sys.stdout.write(render(records, fmt, to_markdown))
+    if plot_path:
+        plot(records, plot_path)
 
 
 def pyplot():

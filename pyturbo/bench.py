@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ._cli import (ArgumentParser, add_cache_flags, add_flash_attn_flag, add_threads_flag, add_verbose_flag,
                    int_list, run_main, setup_logging)
-from ._report import OUTPUT_FORMATS, markdown_table, pyplot, render
+from ._report import OUTPUT_FORMATS, emit, markdown_table, pyplot
 from .cache_types import cache_type, flash_attn_mode
 from .context import default_threads
 from .model import Model, open_model
@@ -182,9 +182,7 @@ def main(argv: "list[str] | None" = None) -> int:
     setup_logging(args.verbose)
     results = run(args.model, args.n_prompt, args.n_gen, args.n_depth, args.cache_k, args.cache_v,
                   args.flash_attn, args.threads, args.repetitions, args.batch_size, args.ubatch_size, args.seed)
-    sys.stdout.write(render(results, args.output, to_markdown))
-    if args.plot:
-        plot(results, args.plot)
+    emit(results, args.output, to_markdown, args.plot, plot)
     return 0
 
 

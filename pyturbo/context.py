@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import os
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -44,7 +43,7 @@ class GenerationStats:
         return self.n_gen / self.gen_seconds if self.gen_seconds > 0 else 0.0
 
 
-class Context:
+class Context(_native.NativeObject):
     """An inference context: a KV cache of n_ctx cells with the given K and V types.
 
     cache_k / cache_v take any name from `pyturbo.cache_types()`; flash_attn is
@@ -79,41 +78,16 @@ class Context:
             reason = _native.last_problem(log) or "llama.cpp gave no reason"
             raise ContextError(f"could not create a context (K {self.cache_k.name}, V {self.cache_v.name}, "
                                f"n_ctx {n_ctx}): {reason}")
-        self._handle = handle
-        self._finalizer = weakref.finalize(self, llama.llama_free, handle)
+        self._own(handle, llama.llama_free)
         self._memory = llama.llama_get_memory(handle)
         allocation = parse_allocation_log(line for _, line in log)
         self._kv_bytes = {"k": allocation.kv_k, "v": allocation.kv_v}
         self._cached: list[int] = []  # tokens whose K/V are in the cache (sequence 0)
         self.last_stats = GenerationStats()
 
-    # -- lifetime ---------------------------------------------------------------
-
-    @property
-    def handle(self):
-        if not self._finalizer.alive:
-            raise PyturboError("this Context is closed")
-        return self._handle
-
-    def close(self) -> None:
-        """Free the context and its KV cache. Safe to call twice."""
-        self._finalizer()
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
-
-    def __enter__(self) -> "Context":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return (f"<pyturbo.Context n_ctx={self.n_ctx if not self.closed else '?'} "
                 f"K={self.cache_k.name} V={self.cache_v.name}>")
-
-    # -- facts --------------------------------------------------------------------
 
     @property
     def n_ctx(self) -> int:

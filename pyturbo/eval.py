@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ._cli import (ArgumentParser, add_ctx_flag, add_flash_attn_flag, add_threads_flag, add_verbose_flag, float_list,
                    int_list, run_main, setup_logging)
-from ._report import markdown_table, pyplot, render
+from ._report import emit, markdown_table, pyplot
 from .assets import default_text
 from .cache_types import UPSTREAM_CACHE_TYPES, CacheType, cache_type
 from .context import default_threads
@@ -378,15 +378,12 @@ def main(argv: "list[str] | None" = None) -> int:
     setup_logging(args.verbose)
     if args.command == "kld":
         results = kld(args.model, args.configs, args.text, args.n_ctx, args.chunks, args.threads, args.flash_attn)
-        sys.stdout.write(render(results, args.output, kld_to_markdown))
-        if args.plot:
-            plot_kld(results, args.plot, title=f"{Path(args.model).name}, c={args.n_ctx}")
+        title = f"{Path(args.model).name}, c={args.n_ctx}"
+        emit(results, args.output, kld_to_markdown, args.plot, lambda records, path: plot_kld(records, path, title))
     else:
         results = niah(args.model, args.lengths, args.depths, args.configs, args.trials, args.seed, args.text,
                        args.threads, args.flash_attn)
-        sys.stdout.write(render(results, args.output, niah_to_markdown))
-        if args.plot:
-            plot_niah(results, args.plot)
+        emit(results, args.output, niah_to_markdown, args.plot, plot_niah)
     return 0
 
 

@@ -13,13 +13,13 @@ from . import _native
 from ._native import ffi, llama
 from .assets import default_model
 from .context import Context
-from .errors import InvalidModelError, PyturboError
+from .errors import InvalidModelError
 from .geometry import ModelGeometry, model_geometry
 from .gguf import check_gguf_file, read_gguf_header
 from .weights import select_quant
 
 
-class Model:
+class Model(_native.NativeObject):
     """A GGUF model loaded by llama.cpp.
 
     >>> model = pyturbo.Model()                  # the default model (SmolLM2-135M)
@@ -48,40 +48,19 @@ class Model:
         if handle == ffi.NULL:
             reason = _native.last_problem(log) or "llama.cpp gave no reason"
             raise InvalidModelError(f"could not load model {self.path}: {reason}")
-        self._handle = handle
-        self._finalizer = weakref.finalize(self, llama.llama_model_free, handle)
+        self._own(handle, llama.llama_model_free)
         self._vocab = llama.llama_model_get_vocab(handle)
         self._contexts: weakref.WeakSet = weakref.WeakSet()
-
-    # -- lifetime ---------------------------------------------------------------
-
-    @property
-    def handle(self):
-        if not self._finalizer.alive:
-            raise PyturboError("this Model is closed")
-        return self._handle
 
     def close(self) -> None:
         """Free the model (and any context still open on it). Safe to call twice."""
         for ctx in list(self._contexts):
             ctx.close()
-        self._finalizer()
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
-
-    def __enter__(self) -> "Model":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.description
         return f"<pyturbo.Model {self.path.name} ({state})>"
-
-    # -- facts about the model --------------------------------------------------
 
     def metadata(self, key: str) -> "str | None":
         """A GGUF metadata value as llama.cpp renders it, or None."""
