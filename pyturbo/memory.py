@@ -41,7 +41,8 @@ from .geometry import ModelGeometry, model_geometry
 from .gguf import GGUFHeader, read_gguf_header
 from .model import Model, open_model
 from .units import MiB, parse_size
-from .weights import weight_bytes, weight_bytes_as
+from .quant_presets import weight_bytes_as
+from .weights import weight_bytes
 
 # llama_context pads n_ctx (and each sequence's share) to this many cells.
 CELL_PADDING = 256

@@ -13,7 +13,8 @@ from pyturbo import fit, memory, units
 from pyturbo.geometry import model_geometry
 from pyturbo.gguf import read_gguf_header
 from pyturbo.units import GiB, KiB, MiB
-from pyturbo.weights import WEIGHT_QUANTS, weight_bytes, weight_bytes_as
+from pyturbo.quant_presets import WEIGHT_QUANTS, weight_bytes_as
+from pyturbo.weights import weight_bytes
 from tiny_gguf import write_header_only as write_header
 
 REPO = Path(__file__).resolve().parent.parent
