@@ -6,12 +6,6 @@
 
 set(PYTURBO_CSRC_DIR ${CMAKE_CURRENT_LIST_DIR})
 
-# Block scale of the reference quantizer (see csrc/turbo-quants.h): NORM =
-# corrected L2 norm, LSQ = least squares with re-picked codes, LSQ_NORM = the
-# LSQ codes with the corrected-norm scale (docs/results/kld-smollm2.md).
-set(PYTURBO_TURBO_SCALE "LSQ_NORM" CACHE STRING "pyturbo: turbo block scale (NORM, LSQ or LSQ_NORM)")
-set_property(CACHE PYTURBO_TURBO_SCALE PROPERTY STRINGS NORM LSQ LSQ_NORM)
-
 if(NOT TARGET ggml-base OR NOT TARGET llama)
     message(FATAL_ERROR "pyturbo-kernels.cmake: include it after llama.cpp's add_subdirectory (no ggml-base or llama target)")
 endif()
@@ -21,7 +15,6 @@ target_sources(ggml-base PRIVATE
     ${PYTURBO_CSRC_DIR}/turbo-quants.h
     ${PYTURBO_CSRC_DIR}/turbo-quants.c)
 target_include_directories(ggml-base PRIVATE ${PYTURBO_CSRC_DIR})
-target_compile_definitions(ggml-base PRIVATE PYTURBO_TURBO_SCALE=PYTURBO_TURBO_SCALE_${PYTURBO_TURBO_SCALE})
 
 # patches/0002 calls these from llama-kv-cache.cpp and llama-quant.cpp
 target_sources(llama PRIVATE
