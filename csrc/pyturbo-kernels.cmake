@@ -1,18 +1,13 @@
 # pyturbo's kernels for the turbo2/turbo3/turbo4 KV-cache types, compiled into
-# llama.cpp's ggml targets. Included by the top-level CMakeLists.txt after
-# add_subdirectory(llama.cpp); the patches in patches/ only add the table rows
-# and case labels that point here.
+# llama.cpp's ggml targets, and the turbo rules of libllama, compiled into the
+# llama target. Included by the top-level CMakeLists.txt after
+# add_subdirectory(llama.cpp); the patches in patches/ only add the table rows,
+# case labels and calls that point here.
 
 set(PYTURBO_CSRC_DIR ${CMAKE_CURRENT_LIST_DIR})
 
-# Block scale of the reference quantizer (see csrc/turbo-quants.h): NORM =
-# corrected L2 norm, LSQ = least squares with re-picked codes, LSQ_NORM = the
-# LSQ codes with the corrected-norm scale (docs/results/kld-smollm2.md).
-set(PYTURBO_TURBO_SCALE "LSQ_NORM" CACHE STRING "pyturbo: turbo block scale (NORM, LSQ or LSQ_NORM)")
-set_property(CACHE PYTURBO_TURBO_SCALE PROPERTY STRINGS NORM LSQ LSQ_NORM)
-
-if(NOT TARGET ggml-base)
-    message(FATAL_ERROR "pyturbo-kernels.cmake: include it after llama.cpp's add_subdirectory (no ggml-base target)")
+if(NOT TARGET ggml-base OR NOT TARGET llama)
+    message(FATAL_ERROR "pyturbo-kernels.cmake: include it after llama.cpp's add_subdirectory (no ggml-base or llama target)")
 endif()
 
 target_sources(ggml-base PRIVATE
@@ -20,7 +15,12 @@ target_sources(ggml-base PRIVATE
     ${PYTURBO_CSRC_DIR}/turbo-quants.h
     ${PYTURBO_CSRC_DIR}/turbo-quants.c)
 target_include_directories(ggml-base PRIVATE ${PYTURBO_CSRC_DIR})
-target_compile_definitions(ggml-base PRIVATE PYTURBO_TURBO_SCALE=PYTURBO_TURBO_SCALE_${PYTURBO_TURBO_SCALE})
+
+# patches/0002 calls these from llama-kv-cache.cpp and llama-quant.cpp
+target_sources(llama PRIVATE
+    ${PYTURBO_CSRC_DIR}/llama/turbo-llama.h
+    ${PYTURBO_CSRC_DIR}/llama/turbo-llama.cpp)
+target_include_directories(llama PRIVATE ${PYTURBO_CSRC_DIR}/llama)
 
 # The CPU backend is ggml-cpu, or ggml-cpu-<variant> targets with
 # GGML_CPU_ALL_VARIANTS: add the kernels to each of them.

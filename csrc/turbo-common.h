@@ -11,11 +11,12 @@
 // define GGML_COMMON_IMPL_<backend> before ggml-common.h as well: the tables
 // below are emitted with GGML_TABLE_BEGIN, like kvalues_iq4nl.
 //
-// Format (docs: /work/shared/design/turboquant.md, section 2). Values are
-// stored in the rotated domain: llama.cpp applies a Walsh-Hadamard rotation to
-// Q/K and V before they reach the cache, so every coordinate of a block is
-// close to N(0, sigma^2) and one fixed Lloyd-Max codebook for N(0,1) serves
-// every block. A value dequantizes to d * kvalues_turboN[code].
+// Format: TurboQuant's scalar quantizer (Zandieh et al., arXiv 2504.19874,
+// without the QJL residual) on blocks of QK_TURBO values. Values are stored in
+// the rotated domain: llama.cpp applies a Walsh-Hadamard rotation to Q/K and V
+// before they reach the cache, so every coordinate of a block is close to
+// N(0, sigma^2) and one fixed Lloyd-Max codebook for N(0,1) serves every
+// block. A value dequantizes to d * kvalues_turboN[code].
 
 #ifndef PYTURBO_TURBO_COMMON_DECL
 #define PYTURBO_TURBO_COMMON_DECL

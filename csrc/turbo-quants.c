@@ -4,17 +4,17 @@
 // transform) is coded as one fp16 scale d plus one Lloyd-Max code per value:
 // x[j] ~ d * kvalues_turboN[code[j]]. No rotation happens here.
 //
-// Codes are picked against the fixed thresholds of turbo-common.h after
-// scaling the block to unit variance; then the scale is chosen (see
-// PYTURBO_TURBO_SCALE). Every other quantizer of these types (CPU from_float,
+// Codes: picked against the fixed thresholds of turbo-common.h after scaling
+// the block to unit variance, then re-picked TURBO_LSQ_REPICKS times at the
+// least-squares scale of the previous codes (each re-pick lowers the block's
+// squared error). Scale: the corrected norm, so the dequantized block keeps the
+// input's L2 norm (the least-squares scale shrinks blocks, which biases
+// attention outputs). Every other quantizer of these types (CPU from_float,
 // later CUDA/Metal) must reproduce these codes exactly.
 //
-// Default scale LSQ_NORM: re-pick the codes with least-squares scales (lowest
-// MSE), then store the corrected-norm scale (the block keeps its L2 norm; the
-// least-squares scale shrinks blocks, which biases attention outputs). On
-// SmolLM2-135M it gave the lowest KLD of the three as V behind a q8_0 K, the
-// configuration we recommend; LSQ is 4% better for symmetric turbo4
-// (docs/results/kld-smollm2.md).
+// On SmolLM2-135M this gave the lowest KLD of the three scales measured (corrected
+// norm, least squares, both) as V behind a q8_0 K, the configuration we
+// recommend (docs/results/kld-smollm2.md).
 
 #define GGML_COMMON_IMPL_C
 #include "ggml-common.h"
@@ -26,15 +26,8 @@
 #include <math.h>
 #include <string.h>
 
-#ifndef PYTURBO_TURBO_SCALE
-#define PYTURBO_TURBO_SCALE PYTURBO_TURBO_SCALE_LSQ_NORM
-#endif
-
-// Re-picks of the codes after the first least-squares scale (1-3 is useful;
-// 0 keeps the first codes and only refits the scale).
-#ifndef PYTURBO_TURBO_LS_ITERS
-#define PYTURBO_TURBO_LS_ITERS 3
-#endif
+// Re-picks of the codes after the first pick (1-3 is useful).
+static const int TURBO_LSQ_REPICKS = 3;
 
 bool ggml_is_runtime_only_type(enum ggml_type type) {
     return type == GGML_TYPE_TURBO2 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO4;
@@ -49,6 +42,18 @@ void turbo_pick_codes_ref(const float * GGML_RESTRICT x, float inv_scale, const 
         }
         codes[j] = (uint8_t) code;
     }
+}
+
+// Least-squares scale of a block for its codes: d = <x, c> / <c, c>.
+static float turbo_lsq_scale(const float * x, const float * values, const uint8_t * codes) {
+    float xc = 0.0f;
+    float cc = 0.0f;
+    for (int j = 0; j < QK_TURBO; ++j) {
+        const float c = values[codes[j]];
+        xc += x[j] * c;
+        cc += c * c;
+    }
+    return xc / cc;  // cc > 0: no centroid is zero; xc >= 0: codes follow the signs of x
 }
 
 // Picks the codes of one block and returns its scale d.
@@ -66,35 +71,14 @@ static float turbo_quantize_block(const float * x, const float * values, const f
     // First pick: scale the block to unit variance, sigma = ||x|| / sqrt(QK).
     pick(x, sqrtf(QK_TURBO / sumsq), thr, nthr, codes);
 
-#if PYTURBO_TURBO_SCALE == PYTURBO_TURBO_SCALE_LSQ || PYTURBO_TURBO_SCALE == PYTURBO_TURBO_SCALE_LSQ_NORM
-    // Least squares: d = <x, c> / <c, c>, then re-pick the codes at the new
-    // scale and refit. Each step lowers the block's squared error.
-    for (int iter = 0; ; ++iter) {
-        float xc = 0.0f;
-        float cc = 0.0f;
-        for (int j = 0; j < QK_TURBO; ++j) {
-            const float c = values[codes[j]];
-            xc += x[j] * c;
-            cc += c * c;
-        }
-        const float d = xc / cc;  // cc > 0: no centroid is zero; xc >= 0: codes follow the signs of x
+    // Re-pick at the least-squares scale of the current codes.
+    for (int r = 0; r < TURBO_LSQ_REPICKS; ++r) {
+        const float d = turbo_lsq_scale(x, values, codes);
         if (!(d > 0.0f)) {
             break;
         }
-#if PYTURBO_TURBO_SCALE == PYTURBO_TURBO_SCALE_LSQ
-        if (iter == PYTURBO_TURBO_LS_ITERS) {
-            return d;
-        }
-#else
-        if (iter == PYTURBO_TURBO_LS_ITERS) {
-            break;
-        }
-#endif
         pick(x, 1.0f / d, thr, nthr, codes);
     }
-#elif PYTURBO_TURBO_SCALE != PYTURBO_TURBO_SCALE_NORM
-#error "PYTURBO_TURBO_SCALE must be PYTURBO_TURBO_SCALE_NORM, _LSQ or _LSQ_NORM"
-#endif
 
     // Corrected norm: d * ||values[codes]|| == ||x||.
     float cc = 0.0f;

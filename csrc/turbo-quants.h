@@ -12,13 +12,6 @@
 extern "C" {
 #endif
 
-// Block scale: NORM = corrected norm (the dequantized block keeps the input's
-// L2 norm); LSQ = least squares with PYTURBO_TURBO_LS_ITERS re-picks of the
-// codes; LSQ_NORM = the codes of LSQ with the corrected-norm scale.
-#define PYTURBO_TURBO_SCALE_NORM     0
-#define PYTURBO_TURBO_SCALE_LSQ      1
-#define PYTURBO_TURBO_SCALE_LSQ_NORM 2
-
 // Picks the codes of one block of QK_TURBO values: codes[j] = the number of
 // thresholds thr[0..nthr) below x[j] * inv_scale. The reference is scalar; the
 // CPU backend passes a SIMD one (the same comparisons, so the same codes).

@@ -51,17 +51,15 @@ int64_t ggml_blck_size(enum ggml_type type);
 size_t  ggml_type_size(enum ggml_type type);
 size_t  ggml_row_size (enum ggml_type type, int64_t ne);
 const char * ggml_type_name(enum ggml_type type);
-bool    ggml_is_quantized(enum ggml_type type);
 size_t ggml_quantize_chunk(enum ggml_type type, const float * src, void * dst, int64_t start,
                            int64_t nrows, int64_t n_per_row, const float * imatrix);
 const struct ggml_type_traits * ggml_get_type_traits(enum ggml_type type);
 """
 
-# pyturbo's own exports from libggml-base (csrc/), present once the turbo types are built.
+# One of pyturbo's own exports from libggml-base (csrc/turbo-quants.h): whether the loaded
+# library has it tells a build with the turbo types (cache_types.library_has_turbo).
 TURBO_CDEFS = """
-void dequantize_row_turbo2(const void * x, float * y, int64_t k);
 void dequantize_row_turbo3(const void * x, float * y, int64_t k);
-void dequantize_row_turbo4(const void * x, float * y, int64_t k);
 """
 
 # Functions from libggml-cpu (a separate library).
@@ -212,10 +210,7 @@ struct llama_context_params llama_context_default_params(void);
 struct llama_sampler_chain_params llama_sampler_chain_default_params(void);
 
 void llama_backend_init(void);
-void llama_backend_free(void);
 void llama_log_set(ggml_log_callback log_callback, void * user_data);
-const char * llama_print_system_info(void);
-bool llama_supports_gpu_offload(void);
 
 struct llama_model * llama_model_load_from_file(const char * path_model, struct llama_model_params params);
 void llama_model_free(struct llama_model * model);
@@ -224,9 +219,7 @@ void llama_free(struct llama_context * ctx);
 
 uint32_t llama_n_ctx(const struct llama_context * ctx);
 uint32_t llama_n_batch(const struct llama_context * ctx);
-uint32_t llama_n_ubatch(const struct llama_context * ctx);
 llama_memory_t llama_get_memory(const struct llama_context * ctx);
-int32_t llama_n_threads(struct llama_context * ctx);
 
 const struct llama_vocab * llama_model_get_vocab(const struct llama_model * model);
 int32_t llama_model_n_ctx_train(const struct llama_model * model);
@@ -234,23 +227,16 @@ int32_t llama_model_n_embd(const struct llama_model * model);
 int32_t llama_model_n_layer(const struct llama_model * model);
 int32_t llama_model_n_head(const struct llama_model * model);
 int32_t llama_model_n_head_kv(const struct llama_model * model);
-int32_t llama_model_n_swa(const struct llama_model * model);
 int32_t llama_model_meta_val_str(const struct llama_model * model, const char * key, char * buf, size_t buf_size);
-int32_t llama_model_meta_count(const struct llama_model * model);
-int32_t llama_model_meta_key_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
-int32_t llama_model_meta_val_str_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
 int32_t llama_model_desc(const struct llama_model * model, char * buf, size_t buf_size);
 uint64_t llama_model_size(const struct llama_model * model);
 const char * llama_model_chat_template(const struct llama_model * model, const char * name);
 uint64_t llama_model_n_params(const struct llama_model * model);
-bool llama_model_is_recurrent(const struct llama_model * model);
-bool llama_model_is_hybrid(const struct llama_model * model);
 
 void llama_memory_clear(llama_memory_t mem, bool data);
 bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1);
 void llama_memory_seq_add(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1, llama_pos delta);
 llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id);
-bool llama_memory_can_shift(llama_memory_t mem);
 
 struct llama_batch llama_batch_get_one(llama_token * tokens, int32_t n_tokens);
 struct llama_batch llama_batch_init(int32_t n_tokens, int32_t embd, int32_t n_seq_max);
@@ -258,12 +244,10 @@ void llama_batch_free(struct llama_batch batch);
 void llama_synchronize(struct llama_context * ctx);
 int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch);
 float * llama_get_logits(struct llama_context * ctx);
-float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);
 
 int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab);
 bool llama_vocab_is_eog(const struct llama_vocab * vocab, llama_token token);
 llama_token llama_vocab_bos(const struct llama_vocab * vocab);
-llama_token llama_vocab_eos(const struct llama_vocab * vocab);
 bool llama_vocab_get_add_bos(const struct llama_vocab * vocab);
 int32_t llama_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len,
                        llama_token * tokens, int32_t n_tokens_max, bool add_special, bool parse_special);
@@ -282,7 +266,6 @@ struct llama_sampler * llama_sampler_init_top_k(int32_t k);
 struct llama_sampler * llama_sampler_init_top_p(float p, size_t min_keep);
 struct llama_sampler * llama_sampler_init_temp(float t);
 llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx);
-void llama_sampler_accept(struct llama_sampler * smpl, llama_token token);
 void llama_sampler_free(struct llama_sampler * smpl);
 
 struct llama_model_imatrix_data {
