@@ -19,8 +19,13 @@ target_include_directories(ggml-base PRIVATE ${PYTURBO_CSRC_DIR})
 # patches/0002 calls these from llama-kv-cache.cpp and llama-quant.cpp
 target_sources(llama PRIVATE
     ${PYTURBO_CSRC_DIR}/llama/turbo-llama.h
-    ${PYTURBO_CSRC_DIR}/llama/turbo-llama.cpp)
+    ${PYTURBO_CSRC_DIR}/llama/turbo-llama.cpp
+    ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.h
+    ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.cpp)
 target_include_directories(llama PRIVATE ${PYTURBO_CSRC_DIR}/llama)
+# llama compiles its sources in unity batches; ours stand alone, so their file-local names meet no one else's
+set_source_files_properties(${PYTURBO_CSRC_DIR}/llama/turbo-llama.cpp ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.cpp
+                            PROPERTIES SKIP_UNITY_BUILD_INCLUSION ON)
 
 # The CPU backend is ggml-cpu, or ggml-cpu-<variant> targets with
 # GGML_CPU_ALL_VARIANTS: add the kernels to each of them.

@@ -62,6 +62,14 @@ TURBO_CDEFS = """
 void dequantize_row_turbo3(const void * x, float * y, int64_t k);
 """
 
+# pyturbo's own exports from libllama (csrc/llama/turbo-kv-transform.h).
+PYTURBO_LLAMA_CDEFS = """
+void pyturbo_kv_transform_request(int32_t flags);
+int32_t pyturbo_kv_transform_flags(const struct llama_context * ctx);
+int32_t pyturbo_kv_transform_auto_flags(const struct llama_model * model);
+int32_t pyturbo_kv_transform_supported_flags(const struct llama_model * model);
+"""
+
 # Functions from libggml-cpu (a separate library).
 GGML_CPU_CDEFS = """
 const struct ggml_type_traits_cpu * ggml_get_type_traits_cpu(enum ggml_type type);
@@ -244,6 +252,10 @@ void llama_batch_free(struct llama_batch batch);
 void llama_synchronize(struct llama_context * ctx);
 int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch);
 float * llama_get_logits(struct llama_context * ctx);
+
+size_t llama_state_get_size(struct llama_context * ctx);
+size_t llama_state_get_data(struct llama_context * ctx, uint8_t * dst, size_t size);
+size_t llama_state_set_data(struct llama_context * ctx, const uint8_t * src, size_t size);
 
 int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab);
 bool llama_vocab_is_eog(const struct llama_vocab * vocab, llama_token token);

@@ -45,6 +45,12 @@ def add_flash_attn_flag(parser: argparse.ArgumentParser, many: bool = False) -> 
                             choices=["on", "off", "auto"], help=f"flash attention (default {DEFAULT_FLASH_ATTN})")
 
 
+def add_kv_transform_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kv-transform", dest="kv_transform", default="auto", metavar="auto|off",
+                        help="exact K/V transforms for low-bit caches: auto (what helps this model: centering "
+                             "and equalization where it has k_proj biases) or off; see pyturbo.kv_transform")
+
+
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-t", "--threads", dest="threads", type=int, default=None,
                         help="CPU threads (default: all available)")

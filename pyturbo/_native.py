@@ -80,6 +80,7 @@ ffi.cdef(_cdefs.GGML_CDEFS)
 ffi.cdef(_cdefs.GGML_CPU_CDEFS)
 ffi.cdef(_cdefs.TURBO_CDEFS)
 ffi.cdef(_cdefs.LLAMA_CDEFS)
+ffi.cdef(_cdefs.PYTURBO_LLAMA_CDEFS)
 
 
 def _dlopen(name: str):

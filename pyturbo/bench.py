@@ -23,8 +23,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from ._cli import (ArgumentParser, add_cache_flags, add_flash_attn_flag, add_threads_flag, add_verbose_flag,
-                   int_list, run_main, setup_logging)
+from ._cli import (ArgumentParser, add_cache_flags, add_flash_attn_flag, add_kv_transform_flag, add_threads_flag,
+                   add_verbose_flag, int_list, run_main, setup_logging)
 from ._report import OUTPUT_FORMATS, emit, markdown_table, pyplot
 from .cache_types import cache_type, flash_attn_mode
 from .context import default_threads
@@ -52,6 +52,7 @@ class BenchResult:
     kv_bytes: int              # K + V cache bytes of the context the test ran in
     n_ctx: int
     samples_ts: list = field(default_factory=list)
+    kv_transform: str = "off"  # the exact K/V transforms applied (pyturbo.kv_transform)
 
 
 def test_name(n_prompt: int, n_gen: int, n_depth: int) -> str:
@@ -81,7 +82,8 @@ def time_test(ctx, rng: random.Random, n_vocab: int, n_depth: int, n_prompt: int
 def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_gen: Sequence[int] = (128,),
         depths: Sequence[int] = (0,), cache_k: Sequence[str] = ("f16",), cache_v: Sequence[str] = ("f16",),
         flash_attn: Sequence[str] = ("auto",), n_threads: "int | None" = None, repetitions: int = 5,
-        n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0, progress: bool = True) -> list[BenchResult]:
+        n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0, progress: bool = True,
+        kv_transform: "str | int" = "auto") -> list[BenchResult]:
     """Run every (K, V, flash attention, depth, test) combination; see the module docstring."""
     if repetitions < 1:
         raise ValueError(f"repetitions must be >= 1, got {repetitions}")
@@ -103,7 +105,8 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
                    unit="run", file=sys.stderr, disable=not progress)
         for type_k, type_v, fa in configs:
             with model.context(n_ctx=n_ctx, cache_k=type_k, cache_v=type_v, flash_attn=fa,
-                               n_threads=n_threads, n_batch=n_batch, n_ubatch=n_ubatch) as ctx:
+                               n_threads=n_threads, n_batch=n_batch, n_ubatch=n_ubatch,
+                               kv_transform=kv_transform) as ctx:
                 kv = ctx.kv_cache_bytes()
                 rng = random.Random(seed)
                 for depth in depths:
@@ -122,7 +125,8 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
                             n_depth=depth, n_threads=n_threads, flash_attn=fa, test=test_name(p, g, depth),
                             avg_ts=statistics.fmean(samples),
                             stddev_ts=statistics.stdev(samples) if len(samples) > 1 else 0.0,
-                            kv_bytes=kv["k"] + kv["v"], n_ctx=ctx.n_ctx, samples_ts=samples))
+                            kv_bytes=kv["k"] + kv["v"], n_ctx=ctx.n_ctx, samples_ts=samples,
+                            kv_transform=ctx.kv_transform))
         bar.close()
     return results
 
@@ -166,6 +170,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("-d", "--n-depth", type=int_list, default=[0], help="depths (default 0)")
     add_cache_flags(parser, many=True)
     add_flash_attn_flag(parser, many=True)
+    add_kv_transform_flag(parser)
     add_threads_flag(parser)
     parser.add_argument("-b", "--batch-size", type=int, default=2048, help="logical batch (default 2048)")
     parser.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch (default 512)")
@@ -181,7 +186,8 @@ def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     results = run(args.model, args.n_prompt, args.n_gen, args.n_depth, args.cache_k, args.cache_v,
-                  args.flash_attn, args.threads, args.repetitions, args.batch_size, args.ubatch_size, args.seed)
+                  args.flash_attn, args.threads, args.repetitions, args.batch_size, args.ubatch_size, args.seed,
+                  kv_transform=args.kv_transform)
     emit(results, args.output, to_markdown, args.plot, plot)
     return 0
 

@@ -13,6 +13,9 @@ from ._allocation_log import parse_allocation_log
 from ._native import ffi, llama
 from .cache_types import cache_type, check_cache, flash_attn_mode
 from .errors import ContextError, ContextOverflowError, PyturboError
+from .kv_transform import NO_REQUEST as KV_TRANSFORM_NO_REQUEST
+from .kv_transform import describe as describe_kv_transform
+from .kv_transform import parse as kv_transform_flags
 
 
 def default_threads() -> int:
@@ -47,13 +50,17 @@ class Context(_native.NativeObject):
     """An inference context: a KV cache of n_ctx cells with the given K and V types.
 
     cache_k / cache_v take any name from `pyturbo.cache_types()`; flash_attn is
-    'on', 'off' or 'auto' as in llama.cpp's -fa. Free it with close() or `with`.
+    'on', 'off' or 'auto' as in llama.cpp's -fa. kv_transform: 'auto' (the exact
+    K/V transforms that help this model, see pyturbo.kv_transform), 'off', or
+    transform names joined by '+'; `self.kv_transform` says what applies. Free it
+    with close() or `with`.
     """
 
     def __init__(self, model, n_ctx: int = 4096, cache_k: str = "f16", cache_v: str = "f16",
                  flash_attn: "str | bool" = "auto", n_threads: "int | None" = None, seed: int = 0,
-                 n_batch: int = 512, n_ubatch: int = 512) -> None:
+                 n_batch: int = 512, n_ubatch: int = 512, kv_transform: "str | int" = "auto") -> None:
         self.model = model
+        transform_request = kv_transform_flags(kv_transform)
         self.cache_k = cache_type(cache_k)
         self.cache_v = cache_type(cache_v)
         self.flash_attn = flash_attn_mode(flash_attn)
@@ -73,12 +80,18 @@ class Context(_native.NativeObject):
         params.type_k = self.cache_k.type_id
         params.type_v = self.cache_v.type_id
         with _native.captured_log() as log:
-            handle = llama.llama_init_from_model(model.handle, params)
+            # the request is for this thread's next context: this one
+            llama.pyturbo_kv_transform_request(transform_request)
+            try:
+                handle = llama.llama_init_from_model(model.handle, params)
+            finally:
+                llama.pyturbo_kv_transform_request(KV_TRANSFORM_NO_REQUEST)
         if handle == ffi.NULL:
             reason = _native.last_problem(log) or "llama.cpp gave no reason"
             raise ContextError(f"could not create a context (K {self.cache_k.name}, V {self.cache_v.name}, "
                                f"n_ctx {n_ctx}): {reason}")
         self._own(handle, llama.llama_free)
+        self.kv_transform = describe_kv_transform(llama.pyturbo_kv_transform_flags(handle))
         self._memory = llama.llama_get_memory(handle)
         allocation = parse_allocation_log(line for _, line in log)
         self._kv_bytes = {"k": allocation.kv_k, "v": allocation.kv_v}
@@ -87,7 +100,7 @@ class Context(_native.NativeObject):
 
     def __repr__(self) -> str:
         return (f"<pyturbo.Context n_ctx={self.n_ctx if not self.closed else '?'} "
-                f"K={self.cache_k.name} V={self.cache_v.name}>")
+                f"K={self.cache_k.name} V={self.cache_v.name} kv_transform={self.kv_transform}>")
 
     @property
     def n_ctx(self) -> int:

@@ -24,8 +24,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from ._cli import (ArgumentParser, add_ctx_flag, add_flash_attn_flag, add_threads_flag, add_verbose_flag, float_list,
-                   int_list, run_main, setup_logging)
+from ._cli import (ArgumentParser, add_ctx_flag, add_flash_attn_flag, add_kv_transform_flag, add_threads_flag,
+                   add_verbose_flag, float_list, int_list, run_main, setup_logging)
 from ._report import emit, markdown_table, pyplot
 from .assets import default_text
 from .cache_types import UPSTREAM_CACHE_TYPES, CacheType, cache_type
@@ -52,6 +52,7 @@ class KLDResult:
     same_top: float     # share of tokens whose most likely next token matches the reference's
     n_tokens: int       # scored tokens
     seconds: float
+    kv_transform: str = "off"   # the exact K/V transforms applied to this configuration
 
 
 @dataclass
@@ -64,6 +65,7 @@ class NeedleResult:
     depth: float
     trials: int
     passed: int
+    kv_transform: str = "off"   # the exact K/V transforms applied to this configuration
 
 
 def kv_configs(configs: "str | Sequence") -> list[tuple[CacheType, CacheType]]:
@@ -117,8 +119,11 @@ def _log_softmax(logits):
 
 def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | None" = None,
         n_ctx: int = 512, chunks: "int | None" = None, n_threads: "int | None" = None,
-        flash_attn: str = "auto", progress: bool = True) -> list[KLDResult]:
+        flash_attn: str = "auto", progress: bool = True, kv_transform: "str | int" = "auto") -> list[KLDResult]:
     """KLD, PPL and same-top rate of each K/V configuration against the f16/f16 cache.
+
+    kv_transform applies to the configurations measured; the reference is always the
+    untransformed f16/f16 cache.
 
     The reference log-probabilities are computed once and kept as float16 in a
     temporary file (chunks x n_ctx/2 x n_vocab x 2 bytes), deleted at the end.
@@ -143,7 +148,7 @@ def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | 
             ref_top = np.empty((len(token_chunks), n_scored), dtype=np.int64)
             bar.set_postfix_str("f16/f16 reference")
             with model.context(n_ctx=n_ctx, cache_k="f16", cache_v="f16", flash_attn=flash_attn,
-                               n_threads=n_threads) as ctx:
+                               n_threads=n_threads, kv_transform="off") as ctx:
                 for i, chunk in enumerate(token_chunks):
                     logp = _log_softmax(ctx.score(chunk, first)[:-1])
                     targets = np.array(chunk[first + 1:])
@@ -159,7 +164,8 @@ def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | 
                 started = time.perf_counter()
                 klds, nlls, same = [], [], 0
                 with model.context(n_ctx=n_ctx, cache_k=type_k.name, cache_v=type_v.name,
-                                   flash_attn=flash_attn, n_threads=n_threads) as ctx:
+                                   flash_attn=flash_attn, n_threads=n_threads, kv_transform=kv_transform) as ctx:
+                    applied = ctx.kv_transform
                     for i, chunk in enumerate(token_chunks):
                         logp = _log_softmax(ctx.score(chunk, first)[:-1])
                         reference = ref_logp[i].astype(np.float32)
@@ -174,7 +180,7 @@ def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | 
                     bpv_v=type_v.bits_per_value, kld=float(all_kld.mean()),
                     kld_p99=float(np.percentile(all_kld, 99)), ppl=ppl, ppl_ratio=ppl / ref_ppl,
                     same_top=same / all_kld.size, n_tokens=int(all_kld.size),
-                    seconds=time.perf_counter() - started))
+                    seconds=time.perf_counter() - started, kv_transform=applied))
             del ref_logp
         bar.close()
         return results
@@ -262,7 +268,8 @@ def haystack_prompt(ctx, filler: list[int], length: int, depth: float, sentence:
 
 def niah(model: "Model | str | os.PathLike", lengths: Sequence[int], depths: Sequence[float], configs,
          trials: int = 1, seed: int = 0, text: "str | os.PathLike | None" = None,
-         n_threads: "int | None" = None, flash_attn: str = "auto", progress: bool = True) -> list[NeedleResult]:
+         n_threads: "int | None" = None, flash_attn: str = "auto", progress: bool = True,
+         kv_transform: "str | int" = "auto") -> list[NeedleResult]:
     """Pass counts of each configuration at each haystack length and needle depth (greedy decoding)."""
     pairs = kv_configs(configs)
     if trials < 1:
@@ -286,7 +293,7 @@ def niah(model: "Model | str | os.PathLike", lengths: Sequence[int], depths: Seq
         for type_k, type_v in pairs:
             for length in lengths:
                 with model.context(n_ctx=length, cache_k=type_k.name, cache_v=type_v.name,
-                                   flash_attn=flash_attn, n_threads=n_threads) as ctx:
+                                   flash_attn=flash_attn, n_threads=n_threads, kv_transform=kv_transform) as ctx:
                     filler = ctx.tokenize(filler_text, add_special=False)
                     # deepest needle first: each later prompt reuses the cached filler before its needle
                     for depth in sorted(depths, reverse=True):
@@ -300,7 +307,8 @@ def niah(model: "Model | str | os.PathLike", lengths: Sequence[int], depths: Seq
                             reply = ctx.complete(prompt, max_tokens=ANSWER_TOKENS)
                             passed += answer in reply
                             bar.update()
-                        results.append(NeedleResult(type_k.name, type_v.name, length, depth, trials, passed))
+                        results.append(NeedleResult(type_k.name, type_v.name, length, depth, trials, passed,
+                                            ctx.kv_transform))
         bar.close()
         order = {(k.name, v.name, n, d): i for i, (k, v, n, d) in
                  enumerate((k, v, n, d) for k, v in pairs for n in lengths for d in depths)}
@@ -355,6 +363,7 @@ def build_parser() -> ArgumentParser:
         sub.add_argument("--text", default=None, help="text file (default: the Debian license texts)")
         add_threads_flag(sub)
         add_flash_attn_flag(sub)
+        add_kv_transform_flag(sub)
         sub.add_argument("-o", "--output", choices=("md", "json"), default="md")
         sub.add_argument("--plot", metavar="PNG", help="also draw a plot into this file")
         add_verbose_flag(sub)
@@ -377,12 +386,13 @@ def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     if args.command == "kld":
-        results = kld(args.model, args.configs, args.text, args.n_ctx, args.chunks, args.threads, args.flash_attn)
+        results = kld(args.model, args.configs, args.text, args.n_ctx, args.chunks, args.threads, args.flash_attn,
+                      kv_transform=args.kv_transform)
         title = f"{Path(args.model).name}, c={args.n_ctx}"
         emit(results, args.output, kld_to_markdown, args.plot, lambda records, path: plot_kld(records, path, title))
     else:
         results = niah(args.model, args.lengths, args.depths, args.configs, args.trials, args.seed, args.text,
-                       args.threads, args.flash_attn)
+                       args.threads, args.flash_attn, kv_transform=args.kv_transform)
         emit(results, args.output, niah_to_markdown, args.plot, plot_niah)
     return 0
 

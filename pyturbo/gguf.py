@@ -24,6 +24,8 @@ from .errors import InvalidModelError, ModelNotFoundError
 GGUF_MAGIC = b"GGUF"
 # ggml's GGML_MAX_DIMS: no tensor has more dimensions.
 MAX_DIMS = 4
+# GGUF's data section starts at a multiple of general.alignment, 32 by default.
+DEFAULT_ALIGNMENT = 32
 
 _SCALAR_FORMATS = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
@@ -62,6 +64,7 @@ class TensorInfo:
     name: str
     shape: tuple
     type_id: int
+    offset: int = 0  # of its data, from the start of the data section
 
     @property
     def n_elements(self) -> int:
@@ -90,6 +93,7 @@ class GGUFHeader:
     path: Path
     metadata: dict
     tensors: list
+    data_offset: int = 0  # where the data section starts in the file
 
     def get(self, key: str, default=None):
         """An architecture key (`attention.head_count`) or a full one (`general.architecture`)."""
@@ -153,8 +157,8 @@ class _HeaderReader:
             raise InvalidModelError(f"corrupt GGUF header: tensor {name!r} has {n_dims} dimensions: {self.path}")
         shape = tuple(self.read("<Q") for _ in range(n_dims))
         type_id = self.read("<I")
-        self.read("<Q")  # offset into the data section
-        return TensorInfo(name, shape, type_id)
+        offset = self.read("<Q")  # into the data section
+        return TensorInfo(name, shape, type_id, offset)
 
 
 def read_gguf_header(path: "str | os.PathLike") -> GGUFHeader:
@@ -175,8 +179,27 @@ def read_gguf_header(path: "str | os.PathLike") -> GGUFHeader:
                 key = r.string()
                 metadata[key] = r.value(r.read("<I"))
             tensors = [r.tensor_info() for _ in range(n_tensors)]
+            alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT) or DEFAULT_ALIGNMENT)
+            data_offset = -(-f.tell() // alignment) * alignment
         except InvalidModelError:
             raise
         except ValueError as e:  # an unknown value type id
             raise InvalidModelError(f"corrupt GGUF header ({e}): {path}") from None
-    return GGUFHeader(path, metadata, tensors)
+    return GGUFHeader(path, metadata, tensors, data_offset)
+
+
+def tensor_data(header: GGUFHeader, tensor: TensorInfo):
+    """An F32 or F16 tensor's values as a float32 numpy array (ggml order flattened), read
+    from the file; for the small tensors (biases, norms) planning looks at."""
+    import numpy as np
+
+    dtypes = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
+    dtype = dtypes.get(GGMLQuantizationType(tensor.type_id))
+    if dtype is None:
+        raise InvalidModelError(f"{tensor.name} is {tensor.type_name}; only F32/F16 tensors are read here")
+    start = header.data_offset + tensor.offset
+    if start + tensor.nbytes > header.path.stat().st_size:
+        raise InvalidModelError(f"{tensor.name} lies beyond the end of {header.path}")
+    with open(header.path, "rb") as f:
+        f.seek(start)
+        return np.frombuffer(f.read(tensor.nbytes), dtype=dtype).astype(np.float32)

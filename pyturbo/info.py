@@ -2,8 +2,8 @@
 
 Architecture, parameters, file type and bits per weight, the tensor types,
 layers, heads, head sizes, training context, sliding window, chat template,
-tokenizer, and the KV-cache bytes one token of context costs with f16, q8_0 and
-turbo3 caches. Read from the GGUF header alone: no tensor data is read and no
+tokenizer, the KV-cache bytes one token of context costs with f16, q8_0 and
+turbo3 caches, and the exact K/V transforms "auto" applies, with why. Read from the GGUF header alone: no tensor data is read and no
 model is loaded (pyturbo.gguf's header reader).
 """
 
@@ -20,6 +20,7 @@ from .cache_types import cache_type, check_cache
 from .errors import CacheTypeError
 from .geometry import model_geometry
 from .gguf import read_gguf_header
+from .kv_transform import auto_choice
 from .memory import CacheCells, kv_bytes
 from .units import MiB
 from .weights import weight_stats
@@ -56,6 +57,8 @@ class ModelInfo:
     tokenizer: str               # tokenizer.ggml.model (and .pre)
     n_vocab: int
     kv_bytes_per_token: dict = field(default_factory=dict)  # cache type -> K+V bytes (None: unusable)
+    kv_transform: str = "off"     # what kv_transform="auto" applies (pyturbo.kv_transform)
+    kv_transform_reason: str = ""
 
 
 def kv_bytes_per_token(geometry, type_name: str) -> "int | None":
@@ -85,6 +88,7 @@ def inspect(path: "str | os.PathLike") -> ModelInfo:
     geometry = model_geometry(header)
     metadata = header.metadata
     stats = weight_stats(header)
+    transforms = auto_choice(header, geometry.n_layer)
     return ModelInfo(
         path=str(path),
         name=str(metadata.get("general.name", Path(path).name)),
@@ -108,6 +112,8 @@ def inspect(path: "str | os.PathLike") -> ModelInfo:
         tokenizer=_tokenizer(metadata),
         n_vocab=geometry.n_vocab,
         kv_bytes_per_token={name: kv_bytes_per_token(geometry, name) for name in KV_REPORT_TYPES},
+        kv_transform=transforms.transforms,
+        kv_transform_reason=transforms.reason,
     )
 
 
@@ -142,6 +148,7 @@ def to_text(info: ModelInfo) -> str:
         ("chat template", "yes" if info.chat_template else "no"),
         ("tokenizer", f"{info.tokenizer}, {info.n_vocab} tokens"),
         ("KV per token", kv),
+        ("KV transforms", f"{info.kv_transform} with kv_transform=auto: {info.kv_transform_reason}"),
     ]
     width = max(len(label) for label, _ in rows)
     return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)

@@ -152,10 +152,10 @@ class Model(_native.NativeObject):
 
     def context(self, n_ctx: int = 4096, cache_k: str = "f16", cache_v: str = "f16",
                 flash_attn: "str | bool" = "auto", n_threads: "int | None" = None, seed: int = 0,
-                **kwargs) -> Context:
+                kv_transform: "str | int" = "auto", **kwargs) -> Context:
         """Create an inference context; see `pyturbo.Context` for the parameters."""
         ctx = Context(self, n_ctx=n_ctx, cache_k=cache_k, cache_v=cache_v, flash_attn=flash_attn,
-                      n_threads=n_threads, seed=seed, **kwargs)
+                      n_threads=n_threads, seed=seed, kv_transform=kv_transform, **kwargs)
         self._contexts.add(ctx)
         return ctx
 

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from ._cli import (ArgumentParser, add_cache_flags, add_common_flags, add_ctx_flag, add_flash_attn_flag, run_main,
-                   setup_logging)
+from ._cli import (ArgumentParser, add_cache_flags, add_common_flags, add_ctx_flag, add_flash_attn_flag,
+                   add_kv_transform_flag, run_main, setup_logging)
 from .assets import default_model
 from .model import Model
 from .units import MiB
@@ -34,6 +34,7 @@ def build_parser() -> ArgumentParser:
     add_ctx_flag(parser, 4096, "context size in tokens (default 4096, 0 = the model's)")
     add_cache_flags(parser)
     add_flash_attn_flag(parser)
+    add_kv_transform_flag(parser)
     add_common_flags(parser)
     parser.add_argument("-s", "--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--temp", type=float, default=0.0, help="temperature (default 0 = greedy)")
@@ -51,7 +52,7 @@ def summary_line(ctx) -> str:
     return (f"prompt: {stats.n_prompt} tokens, {stats.prompt_tps:.1f} t/s | "
             f"generation: {stats.n_gen} tokens, {stats.gen_tps:.1f} t/s | "
             f"cache K {ctx.cache_k.name} {kv['k'] / MiB:.2f} MiB, V {ctx.cache_v.name} {kv['v'] / MiB:.2f} MiB "
-            f"(n_ctx {ctx.n_ctx})")
+            f"(n_ctx {ctx.n_ctx}, kv transform {ctx.kv_transform})")
 
 
 def sampling(args) -> dict:
@@ -68,7 +69,7 @@ def run_once(ctx, args) -> None:
             "text": text, "n_prompt": stats.n_prompt, "n_gen": stats.n_gen,
             "prompt_tps": stats.prompt_tps, "gen_tps": stats.gen_tps,
             "cache_k": ctx.cache_k.name, "cache_v": ctx.cache_v.name,
-            "kv_k_bytes": kv["k"], "kv_v_bytes": kv["v"], "n_ctx": ctx.n_ctx,
+            "kv_k_bytes": kv["k"], "kv_v_bytes": kv["v"], "n_ctx": ctx.n_ctx, "kv_transform": ctx.kv_transform,
             "stop_reason": stats.stop_reason,
         }))
         return
@@ -117,7 +118,8 @@ def main(argv: "list[str] | None" = None) -> int:
     setup_logging(args.verbose)
     with Model(model_path(args), n_gpu_layers=args.n_gpu_layers) as model, \
             model.context(n_ctx=args.n_ctx, cache_k=args.cache_k, cache_v=args.cache_v,
-                          flash_attn=args.flash_attn, n_threads=args.threads, seed=args.seed) as ctx:
+                          flash_attn=args.flash_attn, n_threads=args.threads, seed=args.seed,
+                          kv_transform=args.kv_transform) as ctx:
         if args.chat:
             chat_loop(ctx, args)
         else:

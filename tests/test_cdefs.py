@@ -13,7 +13,7 @@ from pyturbo._native import ffi
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_CPP = ROOT / "vendor" / "llama.cpp"
 HEADERS = [LLAMA_CPP / "include" / "llama.h", LLAMA_CPP / "ggml" / "include" / "ggml.h",
-           LLAMA_CPP / "ggml" / "include" / "ggml-cpu.h"]
+           LLAMA_CPP / "ggml" / "include" / "ggml-cpu.h", ROOT / "csrc" / "llama" / "turbo-kv-transform.h"]
 
 
 def strip_comments(text: str) -> str:
@@ -57,7 +57,8 @@ def header_functions() -> dict[str, tuple[str, list[str]]]:
 
 
 def cdef_functions() -> dict[str, tuple[str, list[str]]]:
-    text = strip_comments(_cdefs.GGML_CDEFS + _cdefs.GGML_CPU_CDEFS + _cdefs.LLAMA_CDEFS)
+    text = strip_comments(_cdefs.GGML_CDEFS + _cdefs.GGML_CPU_CDEFS + _cdefs.LLAMA_CDEFS
+                          + _cdefs.PYTURBO_LLAMA_CDEFS)
     text = re.sub(r"typedef[^;]*;", "", text)  # function-pointer typedefs are not functions
     text = re.sub(r"(struct|enum|union)\s+\w*\s*\{[^{}]*(\{[^{}]*\}[^{}]*)*\}\s*\w*\s*;", "", text, flags=re.S)
     return {name: (normalize_type(ret), split_params(params))
@@ -71,7 +72,7 @@ def test_every_declared_function_exists_in_the_headers_with_the_same_signature()
     mismatches = []
     for name, signature in declared.items():
         if name not in in_headers:
-            mismatches.append(f"{name}: not in llama.h/ggml.h")
+            mismatches.append(f"{name}: not in llama.h/ggml.h/turbo-kv-transform.h")
         elif in_headers[name] != signature:
             mismatches.append(f"{name}: cdef {signature} != header {in_headers[name]}")
     assert not mismatches, "\n".join(mismatches)

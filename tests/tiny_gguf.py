@@ -13,11 +13,15 @@ WORD_TOKENS = ["▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁dog"] + [f"�
 
 def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: int = 1,
                      n_layer: int = 2, n_ff: int = 256, n_ctx_train: int = 2048, seed: int = 0,
-                     chat_template: "str | None" = None) -> Path:
+                     chat_template: "str | None" = None, arch: str = "llama", bias: float = 0.0,
+                     qk_gain: float = 1.0) -> Path:
     """A llama model with random weights and an SPM vocabulary with byte fallback.
 
     The default head size is 64 (n_embd / n_head) so that llama.cpp's KV rotation
-    and every cache type's block size apply.
+    and every cache type's block size apply. arch="qwen2" with bias > 0 gives Q/K/V
+    projection biases the way Qwen2 has them: K's with outliers of size `bias` in the
+    lowest-frequency RoPE channels (see qwen2_biases).
+    qk_gain scales W_q and W_k: larger scores, sharper attention, more sensitive to K errors.
     """
     rng = np.random.default_rng(seed)
     head_size = n_embd // n_head
@@ -27,8 +31,8 @@ def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: 
     scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(WORD_TOKENS))]
     n_vocab = len(tokens)
 
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_name("tiny-test-llama")
+    writer = GGUFWriter(str(path), arch)
+    writer.add_name(f"tiny-test-{arch}")
     add_hyperparameters(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv, head_size)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(0)  # all f32
@@ -48,13 +52,34 @@ def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: 
     for name, shape in llama_tensor_shapes(n_vocab, n_embd, n_layer, n_head * head_size, n_head_kv * head_size,
                                            n_ff):
         # norms start at 1, matrices at unit-variance outputs
-        writer.add_tensor(name, np.ones(shape, dtype=np.float32) if len(shape) == 1 else weight(*shape))
+        values = np.ones(shape, dtype=np.float32) if len(shape) == 1 else weight(*shape)
+        if name.endswith(("attn_q.weight", "attn_k.weight")):
+            values *= qk_gain
+        writer.add_tensor(name, values)
+    if bias:
+        for name, values in qwen2_biases(rng, n_layer, n_head, n_head_kv, head_size, bias):
+            writer.add_tensor(name, values)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def qwen2_biases(rng, n_layer: int, n_head: int, n_head_kv: int, head: int, scale: float) -> list:
+    """(name, values) of Qwen2-style q/k/v projection biases: K's are small but for outliers of
+    size `scale` in the two slowest-turning RoPE pairs (NEOX pairs d with d + head/2; the last
+    channels of each half turn slowest), where RoPE(b) stays close to b, as in Qwen2.5."""
+    slow = [head // 2 - 2, head // 2 - 1, head - 2, head - 1]
+    biases = []
+    for il in range(n_layer):
+        k = rng.standard_normal((n_head_kv, head)) * 0.5
+        k[:, slow] = scale * np.sign(rng.standard_normal((n_head_kv, len(slow))))
+        biases += [(f"blk.{il}.attn_q.bias", (rng.standard_normal(n_head * head) * 0.1).astype(np.float32)),
+                   (f"blk.{il}.attn_k.bias", k.reshape(-1).astype(np.float32)),
+                   (f"blk.{il}.attn_v.bias", (rng.standard_normal(n_head_kv * head) * 0.5).astype(np.float32))]
+    return biases
 
 
 def add_hyperparameters(writer: GGUFWriter, n_ctx_train: int, n_embd: int, n_layer: int, n_ff: int, n_head,

@@ -25,6 +25,7 @@ from .. import _native
 from ..cache_types import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4, check_cache
 from ..cache_types import cache_type as _cache_type
 from ..errors import PyturboError
+from ..kv_transform import set_process_default
 
 # llama-cpp-python's release that vendors the same llama.cpp commit as vendor/llama-cpp.pin.
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -32,7 +33,7 @@ INSTALL_HINT = f'CMAKE_ARGS="-DLLAMA_BUILD=OFF" pip install "llama-cpp-python=={
 # ctypes structs of llama_cpp checked against pyturbo's declarations (same names in llama.h).
 CHECKED_STRUCTS = ("llama_context_params", "llama_model_params", "llama_batch")
 
-__all__ = ["enable", "cache_type", "llama_kwargs", "LlamaCppError", "GGML_TYPE_TURBO2", "GGML_TYPE_TURBO3",
+__all__ = ["enable", "cache_type", "llama_kwargs", "set_kv_transform", "LlamaCppError", "GGML_TYPE_TURBO2", "GGML_TYPE_TURBO3",
            "GGML_TYPE_TURBO4", "LLAMA_CPP_PYTHON_VERSION"]
 
 
@@ -131,6 +132,13 @@ def llama_kwargs(cache_k: str = "f16", cache_v: str = "f16", flash_attn: "bool |
         flash_attn = k.quantized or v.quantized
     check_cache(k, v, bool(flash_attn))
     return {**kwargs, "type_k": k.type_id, "type_v": v.type_id, "flash_attn": bool(flash_attn)}
+
+
+def set_kv_transform(value: str = "auto") -> None:
+    """The exact K/V transforms (pyturbo.kv_transform) of every Llama created from now on:
+    "auto" (the default: what helps the model, e.g. centering for Qwen2's biased keys) or
+    "off". The same as setting PYTURBO_KV_TRANSFORM before starting the program."""
+    set_process_default(value)
 
 
 def started_as_server() -> bool:

@@ -1,0 +1,91 @@
+// pyturbo: exact attention invariances that make K and V easy to quantize.
+//
+// Three transforms, each leaving every attention output unchanged in exact
+// arithmetic; only the cache's own quantization sees different numbers:
+//
+// - K centering: keys are stored as k - c_k for one fixed vector c_k per layer
+//   and KV head (the k_proj bias, whose outlier channels dominate Qwen2-family
+//   keys). q.(k - c) = q.k - q.c shifts all of one query's scores by the same
+//   amount, which softmax ignores.
+// - K/Q equalization: per channel j, keys are divided by s_j and queries
+//   multiplied by it, so q.k is unchanged. s comes from the weights alone (the
+//   squared row norms of W_k and W_q with the attention-norm gain folded in, or
+//   the gains of a Q/K norm), s_j = (r_k(j) / r_q(j))^(alpha/2), and is shared
+//   by both channels of a RoPE pair, so it commutes with RoPE.
+// - V centering: values are stored as v - c_v (the v_proj bias) and c_v is
+//   added back to each head's output; exact because attention weights sum to 1
+//   (off for layers with attention sinks).
+//
+// The graph applies them right after RoPE, before llama.cpp's Hadamard rotation
+// and the cache write; a K-shift adds c_k back before re-RoPE-ing stored keys
+// and removes it after. Everything derives from the weights, so a saved state
+// needs nothing extra. patches/0006 calls these functions from llama.cpp.
+#pragma once
+
+#include "ggml.h"
+#include "llama.h"
+
+#include <cstdint>
+
+struct llama_model;
+struct llama_cparams;
+struct pyturbo_kv_transform;
+
+// Transform bits (pyturbo_kv_transform_flags); 0 = off.
+#define PYTURBO_KVT_K_CENTER   1
+#define PYTURBO_KVT_K_EQUALIZE 2
+#define PYTURBO_KVT_V_CENTER   4
+// A request that lets each model take what helps it (see pyturbo_kv_transform_auto_flags).
+#define PYTURBO_KVT_AUTO      -1
+// Withdraws a request (what the environment says applies again).
+#define PYTURBO_KVT_NO_REQUEST -2
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// The transforms the next llama_context created on this thread gets: PYTURBO_KVT_AUTO,
+// 0 (off) or a set of bits; PYTURBO_KVT_NO_REQUEST withdraws it. Without a request,
+// $PYTURBO_KV_TRANSFORM decides ("auto", "off" or bits as a number), else auto.
+LLAMA_API void pyturbo_kv_transform_request(int32_t flags);
+
+// The transforms a context applies (bits; 0 = none).
+LLAMA_API int32_t pyturbo_kv_transform_flags(const struct llama_context * ctx);
+
+// The transforms "auto" picks for a model: centering where it has k_proj / v_proj biases,
+// equalization with K centering.
+LLAMA_API int32_t pyturbo_kv_transform_auto_flags(const struct llama_model * model);
+
+// The transforms a model's tensors allow (an asked transform that is not allowed is dropped).
+LLAMA_API int32_t pyturbo_kv_transform_supported_flags(const struct llama_model * model);
+
+#ifdef __cplusplus
+}
+#endif
+
+// -- called from llama.cpp (patches/0006) ---------------------------------------------------
+
+// llama_context's constructor: resolves the request for this context into cparams.
+void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparams);
+
+// build_attn, before the rotation and the cache write: transforms Q, K and V of layer il.
+void pyturbo_kvt_apply(ggml_context * ctx, const llama_cparams & cparams, int il,
+                       ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v, const ggml_tensor * sinks);
+
+// build_attn, after the rotation is undone: adds c_v back to every head's output.
+ggml_tensor * pyturbo_kvt_restore_output(ggml_context * ctx, const llama_cparams & cparams, int il, ggml_tensor * cur,
+                                         const ggml_tensor * sinks);
+
+// K-shift of layer il: the stored keys k (the n_rot leading values of each head) as F32 with
+// c_k / s added back (sign +1, before RoPE) or taken off again (sign -1, after). Returns k
+// itself when the layer has no K centering.
+ggml_tensor * pyturbo_kvt_shift_offset(ggml_context * ctx, const llama_cparams & cparams, int il, ggml_tensor * k,
+                                       int sign);
+
+// K-shift of an unquantized cache: takes the offset off the re-RoPE-d keys and writes them
+// into the cache view dst; returns k itself when the layer has no K centering (RoPE ran in place).
+ggml_tensor * pyturbo_kvt_shift_store(ggml_context * ctx, const llama_cparams & cparams, int il, ggml_tensor * k,
+                                      ggml_tensor * dst);
+
+// llama_model's destructor: frees the model's transform tensors.
+void pyturbo_kvt_release(const llama_model * model);

@@ -1,0 +1,148 @@
+"""Exact K/V transforms (pyturbo.kv_transform): attention unchanged, low-bit K rescued, shift and state exact.
+
+A tiny qwen2 model with large Qwen2-style k/v biases (outlier channels 10x the rest)
+stands in for Qwen2.5; the tiny llama model (no biases) is the control.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pyturbo
+from pyturbo import _native, kv_transform
+from pyturbo.gguf import read_gguf_header
+from tiny_gguf import write_tiny_llama
+
+TOKENS = list(range(3, 3 + 200))
+
+
+@pytest.fixture(scope="module")
+def qwen_path(tmp_path_factory):
+    return write_tiny_llama(tmp_path_factory.mktemp("qwen") / "tiny-qwen2.gguf", arch="qwen2", bias=32.0, seed=1)
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_path):
+    with pyturbo.Model(qwen_path) as model:
+        yield model
+
+
+def score(model, cache_k="f16", cache_v="f16", kv_transform="auto", flash_attn="on", tokens=TOKENS):
+    with model.context(n_ctx=256, cache_k=cache_k, cache_v=cache_v, flash_attn=flash_attn,
+                       kv_transform=kv_transform) as ctx:
+        return ctx.score(tokens), ctx.kv_transform
+
+
+def log_softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def kld(reference, logits):
+    p, q = log_softmax(reference), log_softmax(logits)
+    return float((np.exp(p) * (p - q)).sum(axis=1).mean())
+
+
+def test_auto_centers_and_equalizes_a_biased_qwen2_and_leaves_llama_alone(qwen, qwen_path, tiny_model, tiny_path):
+    assert score(qwen)[1] == "k_center+k_equalize+v_center"
+    assert score(tiny_model)[1] == "off"
+    assert score(qwen, kv_transform="off")[1] == "off"
+    assert score(qwen, kv_transform="k_center")[1] == "k_center"
+    # an asked transform the model cannot take is dropped: llama has no biases to center with
+    assert score(tiny_model, kv_transform="k_center+k_equalize")[1] == "k_equalize"
+    # info's header-only reading agrees with libllama's choice
+    for model, path in ((qwen, qwen_path), (tiny_model, tiny_path)):
+        choice = kv_transform.auto_choice(read_gguf_header(path), model.n_layer)
+        assert choice.flags == _native.llama.pyturbo_kv_transform_auto_flags(model.handle)
+
+
+@pytest.mark.parametrize("flash_attn", ["on", "off"])
+@pytest.mark.parametrize("transforms", ["auto", "k_center", "k_equalize", "v_center"])
+def test_transforms_leave_f16_attention_unchanged(qwen, flash_attn, transforms):
+    reference, _ = score(qwen, kv_transform="off", flash_attn=flash_attn)
+    transformed, applied = score(qwen, kv_transform=transforms, flash_attn=flash_attn)
+    assert applied != "off"
+    scale = np.abs(reference).max()
+    # f16 rounding of the stored K/V is the only difference
+    assert np.abs(transformed - reference).max() < 0.02 * scale
+    assert kld(reference, transformed) < 1e-4
+    assert (transformed.argmax(1) == reference.argmax(1)).mean() >= 0.98
+
+
+def test_transforms_cut_a_4_bit_k_caches_kld_at_least_5x(qwen):
+    reference, _ = score(qwen, kv_transform="off")
+    plain = kld(reference, score(qwen, "q4_0", "q8_0", kv_transform="off")[0])
+    transformed = kld(reference, score(qwen, "q4_0", "q8_0", kv_transform="auto")[0])
+    assert plain > 5 * transformed, (plain, transformed)
+
+
+@pytest.mark.parametrize("cache", [t.name for t in pyturbo.cache_types()])
+def test_every_cache_type_works_with_the_transforms(qwen, cache):
+    reference, _ = score(qwen, kv_transform="off")
+    plain = kld(reference, score(qwen, cache, cache, kv_transform="off")[0])
+    transformed, applied = score(qwen, cache, cache, kv_transform="auto")
+    assert applied == "k_center+k_equalize+v_center"
+    assert np.isfinite(transformed).all()
+    # never worse than without (up to noise at the f16 floor)
+    assert kld(reference, transformed) <= 1.05 * plain + 1e-4, cache
+
+
+def greedy(model, prompt, n, kv_transform, cache_k="f16", n_ctx=256, **kwargs):
+    with model.context(n_ctx=n_ctx, cache_k=cache_k, kv_transform=kv_transform) as ctx:
+        tokens = ctx.tokenize(ctx.complete(prompt, max_tokens=n, **kwargs), add_special=False)
+        return tokens, ctx.last_stats
+
+
+def test_context_shift_with_transforms_continues_as_without(qwen):
+    # 64 cells, 150 tokens: several shifts re-RoPE the stored (centered) keys. The two
+    # runs differ by f16 rounding only, which may tip a near tie late in a long greedy run.
+    on, stats = greedy(qwen, "the cat sat on the mat", 150, "auto", n_ctx=64, context_shift=True)
+    off, _ = greedy(qwen, "the cat sat on the mat", 150, "off", n_ctx=64, context_shift=True)
+    assert stats.n_gen == 150
+    common = next((i for i, (a, b) in enumerate(zip(on, off)) if a != b), min(len(on), len(off)))
+    assert common >= 0.8 * len(off), (common, len(off))
+
+
+def next_logits_after_a_shift(model, cache_k, transforms):
+    """Logits after evaluating 100 tokens, dropping tokens 1..40 (a K-shift moves the other
+    59 back by 40) and evaluating one more."""
+    with model.context(n_ctx=256, cache_k=cache_k, kv_transform=transforms) as ctx:
+        ctx.decode(list(range(3, 3 + 100)))
+        _native.llama.llama_memory_seq_rm(ctx._memory, 0, 1, 41)
+        _native.llama.llama_memory_seq_add(ctx._memory, 0, 41, -1, -40)
+        ctx.decode([7])
+        logits = _native.ffi.buffer(_native.llama.llama_get_logits(ctx.handle), 4 * model.n_vocab)
+        return np.frombuffer(logits, dtype=np.float32).copy()[None]
+
+
+@pytest.mark.parametrize("cache_k, limit", [("f16", 1e-4), ("q8_0", 1e-4), ("turbo4", 2e-3)])
+def test_shifted_transformed_keys_give_the_untransformed_caches_logits(qwen, cache_k, limit):
+    """The shift adds c_k back before re-RoPE-ing stored keys and takes it off after: a wrong
+    offset (RoPE(c) - c left in the keys) would cost far more than the cache's own rounding."""
+    reference = next_logits_after_a_shift(qwen, "f16", "off")
+    assert kld(reference, next_logits_after_a_shift(qwen, cache_k, "auto")) < limit
+    if cache_k == "turbo4":   # without transforms a shifted 4-bit K is far worse (measured 0.10 vs 0.0006)
+        assert kld(reference, next_logits_after_a_shift(qwen, cache_k, "off")) > 20 * limit
+
+
+def test_state_restored_into_a_transformed_context_continues_the_same(qwen):
+    prompt = "the cat sat on the mat"
+    with qwen.context(n_ctx=256, kv_transform="auto") as ctx:
+        tokens = ctx.tokenize(prompt)
+        ctx.decode(tokens)
+        size = _native.llama.llama_state_get_size(ctx.handle)
+        state = _native.ffi.new("uint8_t[]", size)
+        assert _native.llama.llama_state_get_data(ctx.handle, state, size) > 0
+        expected = ctx.tokenize(ctx.complete(tokens, max_tokens=16), add_special=False)
+    with qwen.context(n_ctx=256, kv_transform="auto") as ctx:
+        assert _native.llama.llama_state_set_data(ctx.handle, state, size) > 0
+        ctx._cached = list(tokens)
+        restored = ctx.tokenize(ctx.complete(tokens, max_tokens=16), add_special=False)
+    untransformed, _ = greedy(qwen, prompt, 16, "off")
+    assert restored == expected == untransformed
+
+
+def test_a_bad_kv_transform_value_is_refused(qwen):
+    with pytest.raises(ValueError, match="kv_transform must be auto, off"):
+        qwen.context(n_ctx=256, kv_transform="sideways")
