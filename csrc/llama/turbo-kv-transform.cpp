@@ -21,7 +21,8 @@
 #include <utility>
 #include <vector>
 
-namespace pyturbo_kvt {
+// This file stands alone (csrc/pyturbo-kernels.cmake keeps it out of llama's unity batches),
+// so its static helpers need no namespace; its one struct of its own has a pyturbo_ name.
 
 // Exponent of the equalization: s = (|k_j| / |q_j|)^alpha. 0.75 gave the lowest KLD
 // of 0.25 / 0.5 / 0.75 / 1.0 with a 4-bit K on Qwen2.5-Coder-0.5B.
@@ -37,11 +38,10 @@ struct pyturbo_kvt_layer {
     int64_t n_head_kv = 0;
 };
 
-}  // namespace pyturbo_kvt
 
 struct pyturbo_kv_transform {
     int32_t flags = 0;
-    std::vector<pyturbo_kvt::pyturbo_kvt_layer> layers;
+    std::vector<pyturbo_kvt_layer> layers;
     ggml_context * ctx = nullptr;
     ggml_backend_buffer_t buffer = nullptr;
 
@@ -51,7 +51,6 @@ struct pyturbo_kv_transform {
     }
 };
 
-namespace pyturbo_kvt {
 
 // -- what a model allows ----------------------------------------------------------------
 
@@ -295,9 +294,6 @@ static const pyturbo_kv_transform * transform_for(const llama_model & model, int
     return slot.get();
 }
 
-}  // namespace pyturbo_kvt
-
-using namespace pyturbo_kvt;
 
 void pyturbo_kvt_release(const llama_model * model) {
     std::lock_guard<std::mutex> lock(registry_mutex);
@@ -308,19 +304,16 @@ void pyturbo_kvt_release(const llama_model * model) {
 
 // -- which transforms a context gets ------------------------------------------------------
 
-namespace pyturbo_kvt {
 
 static thread_local bool    request_pending = false;
 static thread_local int32_t request_flags   = PYTURBO_KVT_AUTO;
 
-}  // namespace pyturbo_kvt
 
 void pyturbo_kv_transform_request(int32_t flags) {
     request_pending = flags != PYTURBO_KVT_NO_REQUEST;
     request_flags = flags;
 }
 
-namespace pyturbo_kvt {
 
 static int32_t flags_from_env() {
     const char * value = getenv("PYTURBO_KV_TRANSFORM");
@@ -333,7 +326,6 @@ static int32_t flags_from_env() {
     return atoi(value);
 }
 
-}  // namespace pyturbo_kvt
 
 void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparams) {
     int32_t flags = request_pending ? request_flags : flags_from_env();
@@ -363,7 +355,6 @@ int32_t pyturbo_kv_transform_supported_flags(const struct llama_model * model) {
 
 // -- the graph ------------------------------------------------------------------------------
 
-namespace pyturbo_kvt {
 
 static const pyturbo_kvt_layer * layer_of(const llama_cparams & cparams, int il) {
     const auto * t = cparams.pyturbo_kvt;
@@ -383,7 +374,6 @@ static ggml_tensor * mul_per_kv_head(ggml_context * ctx, ggml_tensor * x, ggml_t
     return ggml_reshape(ctx, scaled, x);
 }
 
-}  // namespace pyturbo_kvt
 
 void pyturbo_kvt_apply(ggml_context * ctx, const llama_cparams & cparams, int il,
                        ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v, const ggml_tensor * sinks) {
