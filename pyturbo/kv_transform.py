@@ -3,8 +3,8 @@
 Attention is unchanged, in exact arithmetic, by three transforms of what the cache
 stores (csrc/llama/turbo-kv-transform.h has the arithmetic):
 
-- ``k_center``: keys stored minus the k_proj bias (softmax ignores a shift common to
-  all of one query's scores);
+- ``k_center``: keys stored minus the k_proj bias as RoPE leaves it on average over
+  the context (softmax ignores a shift common to all of one query's scores);
 - ``k_equalize``: key channel j divided by s_j and the query's multiplied by it,
   s from the weights alone, so that K's channels have similar ranges;
 - ``v_center``: values stored minus the v_proj bias, added back to the output.

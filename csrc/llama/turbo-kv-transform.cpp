@@ -11,22 +11,25 @@
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 
+#include <algorithm>
 #include <cmath>
+#include <complex>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 // This file stands alone (csrc/pyturbo-kernels.cmake keeps it out of llama's unity batches),
 // so its static helpers need no namespace; its one struct of its own has a pyturbo_ name.
 
-// Exponent of the equalization: s = (|k_j| / |q_j|)^alpha. 0.75 gave the lowest KLD
-// of 0.25 / 0.5 / 0.75 / 1.0 with a 4-bit K on Qwen2.5-Coder-0.5B.
-static const double EQUALIZE_ALPHA = 0.75;
+// Exponent of the equalization: s = (|k_j| / |q_j|)^alpha. On Qwen2.5-Coder-0.5B (3 chunks,
+// K q4_0 / V q8_0, with the bias residual in |k_j|): 0.35 0.064, 0.5 0.059, 0.75 0.065, 1.0 0.126.
+static const double EQUALIZE_ALPHA = 0.5;
 
 // One layer's transform tensors (F32, in a CPU buffer); nullptr where a transform is off.
 struct pyturbo_kvt_layer {
@@ -204,7 +207,45 @@ static std::vector<float> equalization_scales(const llama_hparams & hp, int il, 
     return s;
 }
 
-static std::vector<float> layer_scales(const llama_model & model, int il) {
+// The offset K centering removes, c [n_embd_k_gqa]: the k_proj bias as RoPE leaves it on
+// average over positions 0..n_ctx-1. Per RoPE pair that is the mean of R(p theta) b: a
+// slowly turning pair keeps its bias (removed whole), a fast one averages to about 0 and
+// is kept (subtracting a bias that turns would double its energy). Any fixed c is exact;
+// this one leaves the keys least energy, |b|^2 - |c|^2 per pair, which `residual` receives
+// (half to each channel of the pair).
+static std::vector<float> key_center(const llama_model & model, const llama_cparams & cparams, int il,
+                                     std::vector<double> & residual) {
+    const auto & hp = model.hparams;
+    std::vector<float> c = tensor_values(model.layers[il].wk_b);
+    residual.assign(c.size(), 0.0);
+    const int64_t head = hp.n_embd_head_k(il);
+    const int64_t n_rot = hp.n_rot(il);
+    const double base = model.get_rope_freq_base(cparams, il);
+    const double scale = model.get_rope_freq_scale(cparams, il);
+    const double n_pos = std::max<uint32_t>(cparams.n_ctx, 1);
+    for (int64_t h = 0; h < (int64_t) hp.n_head_kv(il); ++h) {
+        for (int64_t f = 0; f < n_rot / 2; ++f) {
+            // the two channels one rotation mixes, and how fast it turns
+            const int64_t d0 = hp.rope_type == LLAMA_ROPE_TYPE_NEOX ? f : 2 * f;
+            const int64_t d1 = hp.rope_type == LLAMA_ROPE_TYPE_NEOX ? f + n_rot / 2 : 2 * f + 1;
+            const double theta = scale * std::pow(base, -2.0 * f / n_rot);
+            // mean of e^{i p theta} over p < n_pos, summed in closed form
+            const std::complex<double> turn = std::polar(1.0, theta);
+            const std::complex<double> mean = std::abs(theta) * n_pos < 1e-9 ? 1.0
+                : (1.0 - std::pow(turn, n_pos)) / (n_pos * (1.0 - turn));
+            const double b0 = c[h * head + d0], b1 = c[h * head + d1];
+            const double c0 = mean.real() * b0 - mean.imag() * b1;
+            const double c1 = mean.imag() * b0 + mean.real() * b1;
+            const double left = std::max(0.0, b0 * b0 + b1 * b1 - c0 * c0 - c1 * c1);
+            c[h * head + d0] = (float) c0;
+            c[h * head + d1] = (float) c1;
+            residual[h * head + d0] = residual[h * head + d1] = left / 2;
+        }
+    }
+    return c;
+}
+
+static std::vector<float> layer_scales(const llama_model & model, int il, const std::vector<double> & k_residual) {
     const auto & hp = model.hparams;
     const auto & layer = model.layers[il];
     if (layer.attn_q_norm != nullptr && layer.attn_k_norm != nullptr) {
@@ -218,15 +259,21 @@ static std::vector<float> layer_scales(const llama_model & model, int il) {
         }
         return equalization_scales(hp, il, k_energy, q_energy, true);
     }
+    // K's channel energy: its W_k x part plus what centering leaves of the bias
     const std::vector<float> gain = tensor_values(layer.attn_norm);
-    return equalization_scales(hp, il, channel_energy(layer.wk, gain), channel_energy(layer.wq, gain), false);
+    std::vector<double> k_energy = channel_energy(layer.wk, gain);
+    for (size_t j = 0; j < k_residual.size(); ++j) {
+        k_energy[j] += k_residual[j];
+    }
+    return equalization_scales(hp, il, k_energy, channel_energy(layer.wq, gain), false);
 }
 
 static ggml_tensor * new_matrix(ggml_context * ctx, int64_t head, int64_t n_head_kv) {
     return ggml_new_tensor_2d(ctx, GGML_TYPE_F32, head, n_head_kv);
 }
 
-static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model & model, int32_t flags) {
+static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model & model, int32_t flags,
+                                                             const llama_cparams & cparams) {
     const auto & hp = model.hparams;
     auto t = std::make_unique<pyturbo_kv_transform>();
     t->flags = flags;
@@ -256,8 +303,11 @@ static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model &
     for (uint32_t il = 0; il < n_layer; ++il) {
         auto & L = t->layers[il];
         const auto & layer = model.layers[il];
+        std::vector<double> k_residual;
+        const std::vector<float> center = (flags & PYTURBO_KVT_K_CENTER)
+            ? key_center(model, cparams, il, k_residual) : std::vector<float>();
         const std::vector<float> s = (flags & PYTURBO_KVT_K_EQUALIZE)
-            ? layer_scales(model, il) : std::vector<float>(hp.n_embd_k_gqa(il), 1.0f);
+            ? layer_scales(model, il, k_residual) : std::vector<float>(hp.n_embd_k_gqa(il), 1.0f);
         if (L.k_inv_scale) {
             std::vector<float> inv(s.size());
             for (size_t j = 0; j < s.size(); ++j) {
@@ -267,9 +317,9 @@ static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model &
             ggml_backend_tensor_set(L.q_scale, s.data(), 0, ggml_nbytes(L.q_scale));
         }
         if (L.k_offset) {
-            std::vector<float> offset = tensor_values(layer.wk_b);
+            std::vector<float> offset(center.size());
             for (size_t j = 0; j < offset.size(); ++j) {
-                offset[j] /= s[j];
+                offset[j] = center[j] / s[j];
             }
             ggml_backend_tensor_set(L.k_offset, offset.data(), 0, ggml_nbytes(L.k_offset));
         }
@@ -281,15 +331,16 @@ static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model &
     return t;
 }
 
-// One transform per (model, flags), shared by the model's contexts, freed with the model.
+// One transform per (model, flags, context size), shared by contexts alike, freed with the model.
 static std::mutex registry_mutex;
-static std::map<std::pair<const llama_model *, int32_t>, std::unique_ptr<pyturbo_kv_transform>> registry;
+static std::map<std::tuple<const llama_model *, int32_t, uint32_t>, std::unique_ptr<pyturbo_kv_transform>> registry;
 
-static const pyturbo_kv_transform * transform_for(const llama_model & model, int32_t flags) {
+static const pyturbo_kv_transform * transform_for(const llama_model & model, int32_t flags,
+                                                  const llama_cparams & cparams) {
     std::lock_guard<std::mutex> lock(registry_mutex);
-    auto & slot = registry[{&model, flags}];
+    auto & slot = registry[{&model, flags, cparams.n_ctx}];
     if (!slot) {
-        slot = build_transform(model, flags);
+        slot = build_transform(model, flags, cparams);
     }
     return slot.get();
 }
@@ -298,7 +349,7 @@ static const pyturbo_kv_transform * transform_for(const llama_model & model, int
 void pyturbo_kvt_release(const llama_model * model) {
     std::lock_guard<std::mutex> lock(registry_mutex);
     for (auto it = registry.begin(); it != registry.end();) {
-        it = it->first.first == model ? registry.erase(it) : std::next(it);
+        it = std::get<0>(it->first) == model ? registry.erase(it) : std::next(it);
     }
 }
 
@@ -331,7 +382,7 @@ void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparam
     int32_t flags = request_pending ? request_flags : flags_from_env();
     request_pending = false;
     flags = flags == PYTURBO_KVT_AUTO ? auto_flags(model) : (flags & supported_flags(model));
-    cparams.pyturbo_kvt = flags ? transform_for(model, flags) : nullptr;
+    cparams.pyturbo_kvt = flags ? transform_for(model, flags, cparams) : nullptr;
     if (flags) {
         LLAMA_LOG_INFO("%s: pyturbo KV transforms:%s%s%s\n", __func__,
                        flags & PYTURBO_KVT_K_CENTER ? " K centering" : "",

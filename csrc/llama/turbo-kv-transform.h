@@ -4,13 +4,15 @@
 // arithmetic; only the cache's own quantization sees different numbers:
 //
 // - K centering: keys are stored as k - c_k for one fixed vector c_k per layer
-//   and KV head (the k_proj bias, whose outlier channels dominate Qwen2-family
-//   keys). q.(k - c) = q.k - q.c shifts all of one query's scores by the same
-//   amount, which softmax ignores.
+//   and KV head: the k_proj bias (whose outlier channels dominate Qwen2-family
+//   keys) as RoPE leaves it on average over the context's positions, so slowly
+//   turning pairs lose their bias and fast ones keep theirs. q.(k - c) = q.k - q.c
+//   shifts all of one query's scores by the same amount, which softmax ignores.
 // - K/Q equalization: per channel j, keys are divided by s_j and queries
 //   multiplied by it, so q.k is unchanged. s comes from the weights alone (the
 //   squared row norms of W_k and W_q with the attention-norm gain folded in, or
-//   the gains of a Q/K norm), s_j = (r_k(j) / r_q(j))^(alpha/2), and is shared
+//   the gains of a Q/K norm; K's also counts what centering leaves of the bias),
+//   s_j = (r_k(j) / r_q(j))^(alpha/2), alpha 0.5, and is shared
 //   by both channels of a RoPE pair, so it commutes with RoPE.
 // - V centering: values are stored as v - c_v (the v_proj bias) and c_v is
 //   added back to each head's output; exact because attention weights sum to 1
