@@ -1,6 +1,7 @@
 """KLD of K/V caches on Qwen2.5-Coder-0.5B-Instruct with the exact K/V transforms off and "auto".
 
     python docs/results/kld_qwen25.py MODEL [--chunks 20] [-t 2] > docs/results/kld-qwen2.5.md
+    python docs/results/kld_qwen25.py --render      # the table again from kld-qwen2.5.json
 
 Runs pyturbo.eval.kld (c=512, the Debian license texts) once per kv_transform
 setting; the reference is always the untransformed f16/f16 cache. Also writes
@@ -33,7 +34,7 @@ def table(off: list, auto: list) -> str:
     for a, b in zip(off, auto):
         target = TARGETS.get((a.type_k, a.type_v))
         rows.append([f"{a.type_k} / {a.type_v}", f"{(a.bpv_k + a.bpv_v) / 2:g}", f"{a.kld:.4f}", f"{b.kld:.4f}",
-                     f"{a.kld / b.kld:.1f}x" if b.kld > 0 else "-", f"{100 * a.same_top:.1f}%",
+                     f"{a.kld / b.kld:.1f}x" if a.kld > 1e-4 and b.kld > 0 else "-", f"{100 * a.same_top:.1f}%",
                      f"{100 * b.same_top:.1f}%", f"{b.ppl_ratio:.4f}", f"<= {target:g}" if target else "",
                      ("yes" if b.kld <= target else "no") if target else ""])
     return markdown_table(header, rows, [False] + [True] * 9)
@@ -59,15 +60,24 @@ def plot(off: list, auto: list, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
+    parser.add_argument("model", nargs="?")
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("-t", "--threads", type=int, default=None)
+    parser.add_argument("--render", action="store_true", help="print the table of the saved json instead")
     args = parser.parse_args()
+    saved = HERE / "kld-qwen2.5.json"
+    if args.render:
+        runs = {mode: [pteval.KLDResult(**r) for r in records] for mode, records in
+                json.loads(saved.read_text()).items() if mode in ("off", "auto")}
+        print(table(runs["off"], runs["auto"]))
+        return 0
+    if not args.model:
+        parser.error("give the model (or --render)")
     started = time.perf_counter()
     runs = {mode: pteval.kld(args.model, CONFIGS, n_ctx=512, chunks=args.chunks, n_threads=args.threads,
                              kv_transform=mode) for mode in ("off", "auto")}
     minutes = (time.perf_counter() - started) / 60
-    (HERE / "kld-qwen2.5.json").write_text(json.dumps(
+    saved.write_text(json.dumps(
         {mode: [dataclasses.asdict(r) for r in results] for mode, results in runs.items()}, indent=2) + "\n")
     plot(runs["off"], runs["auto"], HERE / "kld-qwen2.5.png")
     print("# KLD on Qwen2.5-Coder-0.5B-Instruct: exact K/V transforms off and auto\n")
