@@ -41,7 +41,6 @@ struct pyturbo_kvt_layer {
     int64_t n_head_kv = 0;
 };
 
-
 struct pyturbo_kv_transform {
     int32_t flags = 0;
     std::vector<pyturbo_kvt_layer> layers;
@@ -53,7 +52,6 @@ struct pyturbo_kv_transform {
         ggml_free(ctx);
     }
 };
-
 
 // -- what a model allows ----------------------------------------------------------------
 
@@ -345,7 +343,6 @@ static const pyturbo_kv_transform * transform_for(const llama_model & model, int
     return slot.get();
 }
 
-
 void pyturbo_kvt_release(const llama_model * model) {
     std::lock_guard<std::mutex> lock(registry_mutex);
     for (auto it = registry.begin(); it != registry.end();) {
@@ -355,16 +352,13 @@ void pyturbo_kvt_release(const llama_model * model) {
 
 // -- which transforms a context gets ------------------------------------------------------
 
-
 static thread_local bool    request_pending = false;
 static thread_local int32_t request_flags   = PYTURBO_KVT_AUTO;
-
 
 void pyturbo_kv_transform_request(int32_t flags) {
     request_pending = flags != PYTURBO_KVT_NO_REQUEST;
     request_flags = flags;
 }
-
 
 static int32_t flags_from_env() {
     const char * value = getenv("PYTURBO_KV_TRANSFORM");
@@ -376,7 +370,6 @@ static int32_t flags_from_env() {
     }
     return atoi(value);
 }
-
 
 void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparams) {
     int32_t flags = request_pending ? request_flags : flags_from_env();
@@ -406,25 +399,24 @@ int32_t pyturbo_kv_transform_supported_flags(const struct llama_model * model) {
 
 // -- the graph ------------------------------------------------------------------------------
 
-
 static const pyturbo_kvt_layer * layer_of(const llama_cparams & cparams, int il) {
     const auto * t = cparams.pyturbo_kvt;
     return t && il >= 0 && (size_t) il < t->layers.size() ? &t->layers[il] : nullptr;
 }
 
-// x [head, n_head, ...] times per-KV-head factors [head, n_head_kv], each KV head's
-// factors applied to the query heads of its group.
-static ggml_tensor * mul_per_kv_head(ggml_context * ctx, ggml_tensor * x, ggml_tensor * factors,
-                                     const pyturbo_kvt_layer & L) {
-    const int64_t head = x->ne[0];
+// op(x, per-KV-head values) for x holding n_head heads of values->ne[0] each ([head, n_head,
+// n_tokens] or [head * n_head, n_tokens]): each KV head's values [head, n_head_kv] go to the
+// query heads of its group. op is ggml_mul or ggml_add.
+static ggml_tensor * per_kv_head(ggml_context * ctx, ggml_tensor * x, ggml_tensor * values, const pyturbo_kvt_layer & L,
+                                 ggml_tensor * (*op)(ggml_context *, ggml_tensor *, ggml_tensor *)) {
+    const int64_t head = values->ne[0];
     const int64_t group = L.n_head / L.n_head_kv;
     const int64_t n_rows = ggml_nelements(x) / (head * L.n_head);
     ggml_tensor * grouped = ggml_reshape_4d(ctx, ggml_is_contiguous(x) ? x : ggml_cont(ctx, x), head, group,
                                             L.n_head_kv, n_rows);
-    ggml_tensor * scaled = ggml_mul(ctx, grouped, ggml_reshape_3d(ctx, factors, head, 1, L.n_head_kv));
-    return ggml_reshape(ctx, scaled, x);
+    ggml_tensor * result = op(ctx, grouped, ggml_reshape_3d(ctx, values, head, 1, L.n_head_kv));
+    return ggml_reshape(ctx, result, x);
 }
-
 
 void pyturbo_kvt_apply(ggml_context * ctx, const llama_cparams & cparams, int il,
                        ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v, const ggml_tensor * sinks) {
@@ -433,7 +425,7 @@ void pyturbo_kvt_apply(ggml_context * ctx, const llama_cparams & cparams, int il
         return;
     }
     if (L->q_scale && *k) {
-        *q = mul_per_kv_head(ctx, *q, L->q_scale, *L);
+        *q = per_kv_head(ctx, *q, L->q_scale, *L, ggml_mul);
         *k = ggml_mul(ctx, *k, L->k_inv_scale);
     }
     if (L->k_offset && *k) {
@@ -450,14 +442,7 @@ ggml_tensor * pyturbo_kvt_restore_output(ggml_context * ctx, const llama_cparams
     if (L == nullptr || L->v_offset == nullptr || sinks != nullptr) {
         return cur;
     }
-    // cur: [head_v * n_head, n_tokens]; add c_v to each head, per its KV head
-    ggml_tensor * heads = ggml_reshape_3d(ctx, ggml_is_contiguous(cur) ? cur : ggml_cont(ctx, cur),
-                                          L->v_offset->ne[0], L->n_head, ggml_nelements(cur) / (L->v_offset->ne[0] * L->n_head));
-    const int64_t head = heads->ne[0];
-    const int64_t group = L->n_head / L->n_head_kv;
-    ggml_tensor * grouped = ggml_reshape_4d(ctx, heads, head, group, L->n_head_kv, heads->ne[2]);
-    ggml_tensor * restored = ggml_add(ctx, grouped, ggml_reshape_3d(ctx, L->v_offset, head, 1, L->n_head_kv));
-    return ggml_reshape(ctx, restored, cur);
+    return per_kv_head(ctx, cur, L->v_offset, *L, ggml_add);  // cur: [head_v * n_head, n_tokens]
 }
 
 ggml_tensor * pyturbo_kvt_shift_offset(ggml_context * ctx, const llama_cparams & cparams, int il, ggml_tensor * k,
