@@ -21,11 +21,20 @@ target_sources(llama PRIVATE
     ${PYTURBO_CSRC_DIR}/llama/turbo-llama.h
     ${PYTURBO_CSRC_DIR}/llama/turbo-llama.cpp
     ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.h
-    ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.cpp)
+    ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.cpp
+    ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.h
+    ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration-text.h
+    ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.cpp)
 target_include_directories(llama PRIVATE ${PYTURBO_CSRC_DIR}/llama)
 # llama compiles its sources in unity batches; ours stand alone, so their file-local names meet no one else's
 set_source_files_properties(${PYTURBO_CSRC_DIR}/llama/turbo-llama.cpp ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.cpp
-                            PROPERTIES SKIP_UNITY_BUILD_INCLUSION ON)
+                            ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.cpp
+                            TARGET_DIRECTORY llama PROPERTIES SKIP_UNITY_BUILD_INCLUSION ON)
+# turbo-kv-calibration.cpp asks a weight's buffer whether it can be read back (ggml-backend-impl.h):
+# CPU weights repacked for SIMD cannot
+get_target_property(pyturbo_ggml_base_dir ggml-base SOURCE_DIR)
+set_source_files_properties(${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.cpp TARGET_DIRECTORY llama
+                            PROPERTIES INCLUDE_DIRECTORIES ${pyturbo_ggml_base_dir})
 
 # The CPU backend is ggml-cpu, or ggml-cpu-<variant> targets with
 # GGML_CPU_ALL_VARIANTS: add the kernels to each of them.

@@ -23,6 +23,10 @@ _RECURRENT_LINE = re.compile(r"llama_memory_recurrent.*: size = +[\d.]+ MiB.*R \
 _COMPUTE_FINAL_LINE = re.compile(r"(\S+) compute buffer size is +([\d.]+) MiB")
 _COMPUTE_LINE = re.compile(r"(\S+) compute buffer size = +([\d.]+) MiB")
 _OUTPUT_LINE = re.compile(r"(\S+) +output buffer size = +([\d.]+) MiB")
+# A context whose K transform is calibrated creates, and frees, a calibration context of
+# its own first (csrc/llama/turbo-kv-calibration.cpp); its allocations are not the context's.
+_CALIBRATION_BEGIN = "pyturbo_kv_calibrate: begin"
+_CALIBRATION_END = "pyturbo_kv_calibrate: end"
 
 
 @dataclass
@@ -42,8 +46,13 @@ def parse_allocation_log(lines: Iterable[str]) -> Allocation:
     """The sizes in the log lines of creating (and, for the final compute figure, freeing) a context."""
     sizes = Allocation()
     compute_final, compute_reserved = {}, {}
+    calibrating = False
     for line in lines:
-        if (m := KV_SIZE_LINE.search(line)):
+        if _CALIBRATION_BEGIN in line or _CALIBRATION_END in line:
+            calibrating = _CALIBRATION_BEGIN in line
+        elif calibrating:
+            continue
+        elif (m := KV_SIZE_LINE.search(line)):
             sizes.kv_k += mib_to_bytes(m.group(5))
             sizes.kv_v += mib_to_bytes(m.group(7))
             sizes.cells.append(int(m.group(2)))

@@ -1,19 +1,28 @@
 """Exact K/V transforms that make low-bit caches work on models with outlier channels.
 
-Attention is unchanged, in exact arithmetic, by three transforms of what the cache
-stores (csrc/llama/turbo-kv-transform.h has the arithmetic):
+Attention is unchanged, in exact arithmetic, by these transforms of what the cache
+stores (csrc/llama/turbo-kv-transform.h and turbo-kv-calibration.h have the arithmetic):
 
+- ``k_calibrate``: keys stored as A (k - c) and queries multiplied by A^-1, c the keys'
+  mean and A a 64x64 matrix per KV head that makes the cache's rounding cost the least
+  in q.k; both come from one pass of the model over a built-in text (about 500 tokens,
+  once per model file: the result is cached under pyturbo's cache dir);
 - ``k_center``: keys stored minus the k_proj bias as RoPE leaves it on average over
   the context (softmax ignores a shift common to all of one query's scores);
 - ``k_equalize``: key channel j divided by s_j and the query's multiplied by it,
   s from the weights alone, so that K's channels have similar ranges;
+- ``v_equalize``: value channel j divided by s_j and the attention output multiplied
+  by it, s from W_v and W_o, so that the channels that reach the output most carry
+  the least quantization error;
 - ``v_center``: values stored minus the v_proj bias, added back to the output.
 
 llama.cpp applies them in the attention graph, on every backend, with context shift
 kept exact. ``"auto"`` (the default everywhere, the llama-cpp-python drop-in
-included) takes centering where the model has k_proj / v_proj biases (the Qwen2
-family, whose biases put fixed outliers into every key) and equalization with it;
-models without those biases are left as they are. ``"off"`` turns everything off;
+included) takes k_calibrate and v_equalize where the model has k_proj biases (the
+Qwen2 family, whose biases put fixed outliers into every key; k_center+k_equalize
+where RoPE rules calibration out); models without them are left as they are. V
+centering is never automatic: it made Qwen2.5 worse (a value that attention sinks
+onto is small until c_v is taken from it). ``"off"`` turns everything off;
 ``$PYTURBO_KV_TRANSFORM=off`` does so for code that creates contexts itself.
 """
 
@@ -30,9 +39,12 @@ from .gguf import GGUFHeader, tensor_data
 K_CENTER = 1
 K_EQUALIZE = 2
 V_CENTER = 4
+V_EQUALIZE = 8
+K_CALIBRATE = 16
 AUTO = -1
 NO_REQUEST = -2  # withdraws a request (libllama's PYTURBO_KVT_NO_REQUEST)
-TRANSFORMS = {"k_center": K_CENTER, "k_equalize": K_EQUALIZE, "v_center": V_CENTER}
+TRANSFORMS = {"k_calibrate": K_CALIBRATE, "k_center": K_CENTER, "k_equalize": K_EQUALIZE, "v_center": V_CENTER,
+              "v_equalize": V_EQUALIZE}
 ENV = "PYTURBO_KV_TRANSFORM"
 
 
@@ -91,20 +103,35 @@ def _per_layer_tensor(header: GGUFHeader, n_layer: int, suffix: str) -> list:
     return [by_name.get(f"blk.{il}.{suffix}") for il in range(n_layer)]
 
 
+def _full_rope(header: GGUFHeader) -> bool:
+    """RoPE turns every channel of a key head, and no logit soft-cap bends the scores (what
+    calibration needs)."""
+    arch = header.metadata.get("general.architecture", "")
+    key_length = header.metadata.get(f"{arch}.attention.key_length")
+    n_embd, n_head = header.metadata.get(f"{arch}.embedding_length"), header.metadata.get(f"{arch}.attention.head_count")
+    if key_length is None and isinstance(n_embd, int) and isinstance(n_head, int) and n_head > 0:
+        key_length = n_embd // n_head
+    rope_dims = header.metadata.get(f"{arch}.rope.dimension_count", key_length)
+    soft_cap = header.metadata.get(f"{arch}.attn_logit_softcapping")
+    return key_length is not None and rope_dims == key_length and not soft_cap
+
+
 def auto_choice(header: GGUFHeader, n_layer: int) -> AutoChoice:
-    """The transforms "auto" applies (libllama decides the same way: a test checks both agree)."""
+    """The transforms "auto" asks for (libllama decides the same way: a test checks both agree;
+    where a calibration pass cannot run, libllama puts k_center+k_equalize in k_calibrate's place)."""
     fused = any(t is not None for t in _per_layer_tensor(header, n_layer, "attn_qkv.weight"))
     k_bias = _per_layer_tensor(header, n_layer, "attn_k.bias")
-    v_bias = _per_layer_tensor(header, n_layer, "attn_v.bias")
     if fused or n_layer == 0:
         return AutoChoice(0, "a fused QKV projection: not transformed", [], [])
-    v_norms = [float(np.linalg.norm(tensor_data(header, t))) for t in v_bias] if all(v_bias) else []
     if any(t is None for t in k_bias):
-        if v_norms:
-            return AutoChoice(V_CENTER, "v_proj biases but no k_proj bias: values are centered", [], v_norms)
         return AutoChoice(0, "no k_proj bias: keys have no fixed offset to remove, so nothing is applied", [], [])
+    v_bias = _per_layer_tensor(header, n_layer, "attn_v.bias")
+    v_norms = [float(np.linalg.norm(tensor_data(header, t))) for t in v_bias] if all(v_bias) else []
     k_norms = [float(np.linalg.norm(tensor_data(header, t))) for t in k_bias]
-    flags = K_CENTER | K_EQUALIZE | (V_CENTER if v_norms else 0)
+    norm_gain = all(_per_layer_tensor(header, n_layer, "attn_norm.weight"))
+    out_proj = all(_per_layer_tensor(header, n_layer, "attn_output.weight"))
+    keys = K_CALIBRATE if _full_rope(header) else K_CENTER | K_EQUALIZE
+    flags = keys | (V_EQUALIZE if norm_gain and out_proj else 0)
     top = sorted(range(n_layer), key=lambda il: -k_norms[il])[:3]
     median = float(np.median(k_norms))
     reason = ("k_proj biases put a fixed offset into every key: largest norms "

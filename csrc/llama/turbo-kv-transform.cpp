@@ -1,6 +1,7 @@
 // pyturbo: exact attention invariances for low-bit K/V caches (see turbo-kv-transform.h).
 
 #include "turbo-kv-transform.h"
+#include "turbo-kv-calibration.h"
 
 #include "llama-context.h"
 #include "llama-cparams.h"
@@ -20,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -34,9 +36,13 @@ static const double EQUALIZE_ALPHA = 0.5;
 // One layer's transform tensors (F32, in a CPU buffer); nullptr where a transform is off.
 struct pyturbo_kvt_layer {
     ggml_tensor * k_inv_scale = nullptr; // [head_k, n_head_kv]  1 / s
-    ggml_tensor * k_offset    = nullptr; // [head_k, n_head_kv]  c_k / s
+    ggml_tensor * k_offset    = nullptr; // [head_k, n_head_kv]  c_k / s, or c_k before k_matrix
     ggml_tensor * q_scale     = nullptr; // [head_k, n_head_kv]  s
+    ggml_tensor * k_matrix    = nullptr; // [head_k, head_k, n_head_kv]  A (calibrated; replaces s)
+    ggml_tensor * q_matrix    = nullptr; // [head_k, head_k, n_head_kv]  A^-1
     ggml_tensor * v_offset    = nullptr; // [head_v, n_head_kv]  c_v
+    ggml_tensor * v_inv_scale = nullptr; // [head_v, n_head_kv]  1 / s_v
+    ggml_tensor * v_scale     = nullptr; // [head_v, n_head_kv]  s_v
     int64_t n_head    = 0;
     int64_t n_head_kv = 0;
 };
@@ -56,7 +62,7 @@ struct pyturbo_kv_transform {
 // -- what a model allows ----------------------------------------------------------------
 
 static bool is_bias(const ggml_tensor * t, int64_t n) {
-    return t != nullptr && ggml_n_dims(t) == 1 && t->ne[0] == n;
+    return pyturbo_tensor_readable(t) && ggml_n_dims(t) == 1 && t->ne[0] == n;
 }
 
 // Layers whose attention is a plain W x (+ b) projection per head, RoPE-d and cached.
@@ -84,6 +90,17 @@ static bool model_allows_transforms(const llama_model & model) {
     return hp.n_layer() > 0;
 }
 
+// Every layer RoPEs its whole head (the calibration's moments are per RoPE pair).
+static bool full_rope(const llama_model & model) {
+    const auto & hp = model.hparams;
+    for (uint32_t il = 0; il < hp.n_layer(); ++il) {
+        if (!hp.has_rope(il) || hp.n_rot(il) != hp.n_embd_head_k(il) || hp.n_embd_head_k(il) % 2 != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static int32_t supported_flags(const llama_model & model) {
     if (!model_allows_transforms(model)) {
         return 0;
@@ -92,12 +109,18 @@ static int32_t supported_flags(const llama_model & model) {
     bool k_bias = true;
     bool v_bias = true;
     bool equalize = true;
+    bool v_equalize = true;
     for (uint32_t il = 0; il < hp.n_layer(); ++il) {
         const auto & layer = model.layers[il];
         k_bias = k_bias && is_bias(layer.wk_b, hp.n_embd_k_gqa(il));
         v_bias = v_bias && is_bias(layer.wv_b, hp.n_embd_v_gqa(il));
-        const bool qk_norm = layer.attn_q_norm != nullptr && layer.attn_k_norm != nullptr;
-        equalize = equalize && (qk_norm || (layer.attn_norm != nullptr && is_bias(layer.attn_norm, hp.n_embd)));
+        const bool qk_norm = pyturbo_tensor_readable(layer.attn_q_norm) && pyturbo_tensor_readable(layer.attn_k_norm);
+        const bool norm_gain = is_bias(layer.attn_norm, hp.n_embd) && pyturbo_tensor_readable(layer.attn_norm);
+        // the weight-derived scales read W_q, W_k, W_v and W_o (not if repacked for the CPU)
+        equalize = equalize && (qk_norm || (norm_gain && pyturbo_tensor_readable(layer.wq) &&
+                                            pyturbo_tensor_readable(layer.wk)));
+        v_equalize = v_equalize && norm_gain && pyturbo_tensor_readable(layer.wv) && pyturbo_tensor_readable(layer.wo) &&
+                     layer.wo->ne[0] == hp.n_embd_head_v(il) * hp.n_head(il);
     }
     int32_t flags = 0;
     // a logit soft-cap bends scores before softmax: a shift of every score is no longer free
@@ -110,17 +133,28 @@ static int32_t supported_flags(const llama_model & model) {
     if (v_bias) {
         flags |= PYTURBO_KVT_V_CENTER;
     }
+    if (v_equalize) {
+        flags |= PYTURBO_KVT_V_EQUALIZE;
+    }
+    if (full_rope(model) && !hp.attn_soft_cap) {  // calibration centers keys too
+        flags |= PYTURBO_KVT_K_CALIBRATE;
+    }
     return flags;
 }
 
 static int32_t auto_flags(const llama_model & model) {
     const int32_t supported = supported_flags(model);
-    // Centering only where a bias puts a fixed offset into every key and value (the
-    // Qwen2 family's outliers); equalization where keys are centered, where it was measured.
+    // Only where a k_proj bias puts a fixed offset into every key (the Qwen2 family's
+    // outliers), and only what measured better there. V centering is left out: a value
+    // that attention sinks onto is small as it comes (the sink adds nothing to the output),
+    // and minus c_v it is not, so its quantization error lands in every output that sinks.
     if (!(supported & PYTURBO_KVT_K_CENTER)) {
-        return supported & PYTURBO_KVT_V_CENTER;
+        return 0;
     }
-    return supported;
+    // the calibrated key transform where the model's RoPE allows it (else the weight-derived one)
+    const int32_t keys = (supported & PYTURBO_KVT_K_CALIBRATE) ? PYTURBO_KVT_K_CALIBRATE
+                                                               : PYTURBO_KVT_K_CENTER | PYTURBO_KVT_K_EQUALIZE;
+    return supported & (keys | PYTURBO_KVT_V_EQUALIZE);
 }
 
 // -- computing the transform from the weights --------------------------------------------
@@ -266,17 +300,140 @@ static std::vector<float> layer_scales(const llama_model & model, int il, const 
     return equalization_scales(hp, il, k_energy, channel_energy(layer.wq, gain), false);
 }
 
+// Energy of each input channel of W_o (ggml [n_in, n_out]): sum_r W[r, j]^2.
+static std::vector<double> input_channel_energy(const ggml_tensor * w) {
+    const std::vector<float> values = tensor_values(w);
+    const int64_t n_in = w->ne[0];
+    std::vector<double> energy(n_in, 0.0);
+    for (int64_t r = 0; r < w->ne[1]; ++r) {
+        for (int64_t j = 0; j < n_in; ++j) {
+            energy[j] += (double) values[r * n_in + j] * values[r * n_in + j];
+        }
+    }
+    return energy;
+}
+
+// s_v of one layer, [head_v][n_head_kv]. A value's quantization error reaches the residual
+// stream through W_o, so channel j costs e_j^2 s_j^2 |W_o col j|^2 while the rotated cache
+// spreads an error proportional to sum_j r_v(j) / s_j^2 over all channels; the product is
+// least at s_j = (r_v(j) / |W_o col j|^2)^(1/4). r_v: W_v's row energy with the attn-norm
+// gain folded in, plus the v_proj bias squared (what V centering would remove).
+static std::vector<float> value_scales(const llama_model & model, int il) {
+    const auto & hp = model.hparams;
+    const auto & layer = model.layers[il];
+    const int64_t head = hp.n_embd_head_v(il);
+    const int64_t n_head_kv = hp.n_head_kv(il);
+    const int64_t group = hp.n_head(il) / n_head_kv;
+    std::vector<double> r_v = channel_energy(layer.wv, tensor_values(layer.attn_norm));
+    if (is_bias(layer.wv_b, hp.n_embd_v_gqa(il))) {
+        const std::vector<float> bias = tensor_values(layer.wv_b);
+        for (size_t j = 0; j < r_v.size(); ++j) {
+            r_v[j] += (double) bias[j] * bias[j];
+        }
+    }
+    const std::vector<double> w_o = input_channel_energy(layer.wo);
+    std::vector<float> s(head * n_head_kv, 1.0f);
+    for (int64_t h = 0; h < n_head_kv; ++h) {
+        double log_sum = 0.0;
+        for (int64_t d = 0; d < head; ++d) {
+            double out = 0.0;  // the query heads of this KV head all read channel d
+            for (int64_t m = 0; m < group; ++m) {
+                out += w_o[(h * group + m) * head + d];
+            }
+            const double r = r_v[h * head + d];
+            const double value = r > 0.0 && out > 0.0 ? std::pow(r / out, 0.25) : 1.0;
+            s[h * head + d] = (float) value;
+            log_sum += std::log(value);
+        }
+        const double mean = std::exp(log_sum / head);
+        for (int64_t d = 0; d < head; ++d) {
+            s[h * head + d] = (float) (s[h * head + d] / mean);
+        }
+    }
+    return s;
+}
+
+static std::vector<float> reciprocals(const std::vector<float> & x) {
+    std::vector<float> out(x.size());
+    for (size_t j = 0; j < x.size(); ++j) {
+        out[j] = 1.0f / x[j];
+    }
+    return out;
+}
+
 static ggml_tensor * new_matrix(ggml_context * ctx, int64_t head, int64_t n_head_kv) {
     return ggml_new_tensor_2d(ctx, GGML_TYPE_F32, head, n_head_kv);
 }
 
+// Weight-derived K centering and equalization of one layer (the transform without calibration).
+static void set_weight_key_transform(const llama_model & model, const llama_cparams & cparams, int il,
+                                     const pyturbo_kvt_layer & L, int32_t flags) {
+    std::vector<double> k_residual;
+    const std::vector<float> center = (flags & PYTURBO_KVT_K_CENTER)
+        ? key_center(model, cparams, il, k_residual) : std::vector<float>();
+    const std::vector<float> s = (flags & PYTURBO_KVT_K_EQUALIZE)
+        ? layer_scales(model, il, k_residual) : std::vector<float>(model.hparams.n_embd_k_gqa(il), 1.0f);
+    if (L.k_inv_scale) {
+        const std::vector<float> inv = reciprocals(s);
+        ggml_backend_tensor_set(L.k_inv_scale, inv.data(), 0, ggml_nbytes(L.k_inv_scale));
+        ggml_backend_tensor_set(L.q_scale, s.data(), 0, ggml_nbytes(L.q_scale));
+    }
+    if (L.k_offset) {
+        std::vector<float> offset(center.size());
+        for (size_t j = 0; j < offset.size(); ++j) {
+            offset[j] = center[j] / s[j];
+        }
+        ggml_backend_tensor_set(L.k_offset, offset.data(), 0, ggml_nbytes(L.k_offset));
+    }
+}
+
+// Every layer's calibrated c, A and A^-1, the layers shared out over n_threads threads
+// (a few 64x64 eigen-decompositions per KV head).
+static void set_calibrated_key_transforms(const std::vector<pyturbo_kv_moments> & moments, uint32_t n_ctx,
+                                          const std::vector<pyturbo_kvt_layer> & layers, int n_threads) {
+    const auto work = [&](size_t first, size_t step) {
+        for (size_t il = first; il < layers.size(); il += step) {
+            std::vector<float> c, a, a_inv;
+            pyturbo_kv_key_basis(moments[il], n_ctx, c, a, a_inv);
+            ggml_backend_tensor_set(layers[il].k_offset, c.data(), 0, ggml_nbytes(layers[il].k_offset));
+            ggml_backend_tensor_set(layers[il].k_matrix, a.data(), 0, ggml_nbytes(layers[il].k_matrix));
+            ggml_backend_tensor_set(layers[il].q_matrix, a_inv.data(), 0, ggml_nbytes(layers[il].q_matrix));
+        }
+    };
+    const size_t n_workers = std::max<size_t>(1, std::min<size_t>(n_threads, layers.size()));
+    std::vector<std::thread> workers;
+    for (size_t w = 1; w < n_workers; ++w) {
+        workers.emplace_back(work, w, n_workers);
+    }
+    work(0, n_workers);
+    for (auto & worker : workers) {
+        worker.join();
+    }
+}
+
+static void set_value_transform(const llama_model & model, int il, const pyturbo_kvt_layer & L) {
+    if (L.v_offset) {
+        const std::vector<float> offset = tensor_values(model.layers[il].wv_b);
+        ggml_backend_tensor_set(L.v_offset, offset.data(), 0, ggml_nbytes(L.v_offset));
+    }
+    if (L.v_scale) {
+        const std::vector<float> s_v = value_scales(model, il);
+        const std::vector<float> inv = reciprocals(s_v);
+        ggml_backend_tensor_set(L.v_scale, s_v.data(), 0, ggml_nbytes(L.v_scale));
+        ggml_backend_tensor_set(L.v_inv_scale, inv.data(), 0, ggml_nbytes(L.v_inv_scale));
+    }
+}
+
+// flags: what applies (a calibrated key transform replaces the weight-derived one).
 static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model & model, int32_t flags,
-                                                             const llama_cparams & cparams) {
+                                                             const llama_cparams & cparams,
+                                                             const std::vector<pyturbo_kv_moments> & moments) {
     const auto & hp = model.hparams;
     auto t = std::make_unique<pyturbo_kv_transform>();
     t->flags = flags;
+    const bool calibrated = flags & PYTURBO_KVT_K_CALIBRATE;
     const uint32_t n_layer = hp.n_layer();
-    ggml_init_params params = { ggml_tensor_overhead() * (4 * n_layer + 1), nullptr, true };
+    ggml_init_params params = { ggml_tensor_overhead() * (6 * n_layer + 1), nullptr, true };
     t->ctx = ggml_init(params);
     t->layers.resize(n_layer);
     for (uint32_t il = 0; il < n_layer; ++il) {
@@ -284,61 +441,69 @@ static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model &
         const int64_t head = hp.n_embd_head_k(il);
         L.n_head = hp.n_head(il);
         L.n_head_kv = hp.n_head_kv(il);
-        if (flags & PYTURBO_KVT_K_EQUALIZE) {
+        if (calibrated) {
+            L.k_offset = new_matrix(t->ctx, head, L.n_head_kv);
+            L.k_matrix = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
+            L.q_matrix = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
+        }
+        if (!calibrated && (flags & PYTURBO_KVT_K_EQUALIZE)) {
             L.k_inv_scale = new_matrix(t->ctx, head, L.n_head_kv);
             L.q_scale = new_matrix(t->ctx, head, L.n_head_kv);
         }
-        if (flags & PYTURBO_KVT_K_CENTER) {
+        if (!calibrated && (flags & PYTURBO_KVT_K_CENTER)) {
             L.k_offset = new_matrix(t->ctx, head, L.n_head_kv);
         }
         if (flags & PYTURBO_KVT_V_CENTER) {
             L.v_offset = new_matrix(t->ctx, hp.n_embd_head_v(il), L.n_head_kv);
         }
+        if (flags & PYTURBO_KVT_V_EQUALIZE) {
+            L.v_inv_scale = new_matrix(t->ctx, hp.n_embd_head_v(il), L.n_head_kv);
+            L.v_scale = new_matrix(t->ctx, hp.n_embd_head_v(il), L.n_head_kv);
+        }
     }
     t->buffer = ggml_backend_alloc_ctx_tensors_from_buft(t->ctx, ggml_backend_cpu_buffer_type());
     GGML_ASSERT(t->buffer != nullptr);
 
+    if (calibrated) {
+        set_calibrated_key_transforms(moments, cparams.n_ctx, t->layers, cparams.n_threads);
+    }
     for (uint32_t il = 0; il < n_layer; ++il) {
-        auto & L = t->layers[il];
-        const auto & layer = model.layers[il];
-        std::vector<double> k_residual;
-        const std::vector<float> center = (flags & PYTURBO_KVT_K_CENTER)
-            ? key_center(model, cparams, il, k_residual) : std::vector<float>();
-        const std::vector<float> s = (flags & PYTURBO_KVT_K_EQUALIZE)
-            ? layer_scales(model, il, k_residual) : std::vector<float>(hp.n_embd_k_gqa(il), 1.0f);
-        if (L.k_inv_scale) {
-            std::vector<float> inv(s.size());
-            for (size_t j = 0; j < s.size(); ++j) {
-                inv[j] = 1.0f / s[j];
-            }
-            ggml_backend_tensor_set(L.k_inv_scale, inv.data(), 0, ggml_nbytes(L.k_inv_scale));
-            ggml_backend_tensor_set(L.q_scale, s.data(), 0, ggml_nbytes(L.q_scale));
+        if (!calibrated) {
+            set_weight_key_transform(model, cparams, il, t->layers[il], flags);
         }
-        if (L.k_offset) {
-            std::vector<float> offset(center.size());
-            for (size_t j = 0; j < offset.size(); ++j) {
-                offset[j] = center[j] / s[j];
-            }
-            ggml_backend_tensor_set(L.k_offset, offset.data(), 0, ggml_nbytes(L.k_offset));
-        }
-        if (L.v_offset) {
-            const std::vector<float> offset = tensor_values(layer.wv_b);
-            ggml_backend_tensor_set(L.v_offset, offset.data(), 0, ggml_nbytes(L.v_offset));
-        }
+        set_value_transform(model, il, t->layers[il]);
     }
     return t;
 }
 
-// One transform per (model, flags, context size), shared by contexts alike, freed with the model.
+// One transform per (model, flags, context size), shared by contexts alike, freed with the model;
+// one calibration per model (empty where it failed), shared by its context sizes.
 static std::mutex registry_mutex;
 static std::map<std::tuple<const llama_model *, int32_t, uint32_t>, std::unique_ptr<pyturbo_kv_transform>> registry;
+static std::map<const llama_model *, std::vector<pyturbo_kv_moments>> calibrations;
+
+static const std::vector<pyturbo_kv_moments> & calibration_for(const llama_model & model, int n_threads) {
+    auto it = calibrations.find(&model);
+    if (it == calibrations.end()) {
+        it = calibrations.emplace(&model, pyturbo_kv_calibrate(model, n_threads)).first;
+    }
+    return it->second;
+}
 
 static const pyturbo_kv_transform * transform_for(const llama_model & model, int32_t flags,
                                                   const llama_cparams & cparams) {
     std::lock_guard<std::mutex> lock(registry_mutex);
     auto & slot = registry[{&model, flags, cparams.n_ctx}];
     if (!slot) {
-        slot = build_transform(model, flags, cparams);
+        static const std::vector<pyturbo_kv_moments> none;
+        const auto & moments = (flags & PYTURBO_KVT_K_CALIBRATE) ? calibration_for(model, cparams.n_threads) : none;
+        // a calibrated key transform replaces the weight-derived centering and equalization;
+        // where the pass gives none, those stand in for it as far as the model allows them
+        const int32_t weight_keys = supported_flags(model) & (PYTURBO_KVT_K_CENTER | PYTURBO_KVT_K_EQUALIZE);
+        const int32_t applied = !(flags & PYTURBO_KVT_K_CALIBRATE) ? flags
+            : !moments.empty() ? flags & ~(PYTURBO_KVT_K_CENTER | PYTURBO_KVT_K_EQUALIZE)
+            : (flags & ~PYTURBO_KVT_K_CALIBRATE) | weight_keys;
+        slot = build_transform(model, applied, cparams, moments);
     }
     return slot.get();
 }
@@ -348,6 +513,7 @@ void pyturbo_kvt_release(const llama_model * model) {
     for (auto it = registry.begin(); it != registry.end();) {
         it = std::get<0>(it->first) == model ? registry.erase(it) : std::next(it);
     }
+    calibrations.erase(model);
 }
 
 // -- which transforms a context gets ------------------------------------------------------
@@ -376,11 +542,14 @@ void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparam
     request_pending = false;
     flags = flags == PYTURBO_KVT_AUTO ? auto_flags(model) : (flags & supported_flags(model));
     cparams.pyturbo_kvt = flags ? transform_for(model, flags, cparams) : nullptr;
-    if (flags) {
-        LLAMA_LOG_INFO("%s: pyturbo KV transforms:%s%s%s\n", __func__,
-                       flags & PYTURBO_KVT_K_CENTER ? " K centering" : "",
-                       flags & PYTURBO_KVT_K_EQUALIZE ? " K/Q equalization" : "",
-                       flags & PYTURBO_KVT_V_CENTER ? " V centering" : "");
+    if (cparams.pyturbo_kvt) {
+        const int32_t applied = cparams.pyturbo_kvt->flags;
+        LLAMA_LOG_INFO("%s: pyturbo KV transforms:%s%s%s%s%s\n", __func__,
+                       applied & PYTURBO_KVT_K_CALIBRATE ? " calibrated K centering and equalization" : "",
+                       applied & PYTURBO_KVT_K_CENTER ? " K centering" : "",
+                       applied & PYTURBO_KVT_K_EQUALIZE ? " K/Q equalization" : "",
+                       applied & PYTURBO_KVT_V_CENTER ? " V centering" : "",
+                       applied & PYTURBO_KVT_V_EQUALIZE ? " V equalization" : "");
     }
 }
 
@@ -418,31 +587,68 @@ static ggml_tensor * per_kv_head(ggml_context * ctx, ggml_tensor * x, ggml_tenso
     return ggml_reshape(ctx, result, x);
 }
 
+// y = M_h x per head for x [head, n_heads, n_tokens] (any strides) and M [head, head, n_m]
+// (row-major per head; n_heads a multiple of n_m, consecutive heads sharing one M as a GQA
+// group shares its KV head, the broadcast ggml_mul_mat makes).
+static ggml_tensor * per_head_matmul(ggml_context * ctx, ggml_tensor * x, ggml_tensor * m) {
+    ggml_tensor * by_head = ggml_cont(ctx, ggml_permute(ctx, x, 0, 2, 1, 3));  // [head, n_tokens, n_heads]
+    ggml_tensor * y = ggml_mul_mat(ctx, m, by_head);                           // row i: sum_j M[i][j] x_j
+    return ggml_cont(ctx, ggml_permute(ctx, y, 0, 2, 1, 3));
+}
+
+static void apply_to_keys(ggml_context * ctx, const pyturbo_kvt_layer & L, ggml_tensor ** q, ggml_tensor ** k) {
+    if (*k == nullptr) {
+        return;
+    }
+    if (L.k_matrix) {  // calibrated: A (k - c) stored, A^-1 q asked
+        *q = per_head_matmul(ctx, *q, L.q_matrix);
+        *k = per_head_matmul(ctx, ggml_sub(ctx, *k, L.k_offset), L.k_matrix);
+        return;
+    }
+    if (L.q_scale) {
+        *q = per_kv_head(ctx, *q, L.q_scale, L, ggml_mul);
+        *k = ggml_mul(ctx, *k, L.k_inv_scale);
+    }
+    if (L.k_offset) {
+        *k = ggml_sub(ctx, *k, L.k_offset);
+    }
+}
+
+static void apply_to_values(ggml_context * ctx, const pyturbo_kvt_layer & L, ggml_tensor ** v, const ggml_tensor * sinks) {
+    if (*v == nullptr) {
+        return;
+    }
+    if (L.v_offset && sinks == nullptr) {
+        *v = ggml_sub(ctx, *v, L.v_offset);
+    }
+    if (L.v_inv_scale) {
+        *v = ggml_mul(ctx, *v, L.v_inv_scale);
+    }
+}
+
 void pyturbo_kvt_apply(ggml_context * ctx, const llama_cparams & cparams, int il,
                        ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v, const ggml_tensor * sinks) {
     const pyturbo_kvt_layer * L = layer_of(cparams, il);
-    if (L == nullptr) {
-        return;
-    }
-    if (L->q_scale && *k) {
-        *q = per_kv_head(ctx, *q, L->q_scale, *L, ggml_mul);
-        *k = ggml_mul(ctx, *k, L->k_inv_scale);
-    }
-    if (L->k_offset && *k) {
-        *k = ggml_sub(ctx, *k, L->k_offset);
-    }
-    if (L->v_offset && *v && sinks == nullptr) {
-        *v = ggml_sub(ctx, *v, L->v_offset);
+    if (L != nullptr) {
+        apply_to_keys(ctx, *L, q, k);
+        apply_to_values(ctx, *L, v, sinks);
     }
 }
 
 ggml_tensor * pyturbo_kvt_restore_output(ggml_context * ctx, const llama_cparams & cparams, int il, ggml_tensor * cur,
                                          const ggml_tensor * sinks) {
     const pyturbo_kvt_layer * L = layer_of(cparams, il);
-    if (L == nullptr || L->v_offset == nullptr || sinks != nullptr) {
+    if (L == nullptr) {
         return cur;
     }
-    return per_kv_head(ctx, cur, L->v_offset, *L, ggml_add);  // cur: [head_v * n_head, n_tokens]
+    // cur: [head_v * n_head, n_tokens]
+    if (L->v_scale) {
+        cur = per_kv_head(ctx, cur, L->v_scale, *L, ggml_mul);
+    }
+    if (L->v_offset && sinks == nullptr) {
+        cur = per_kv_head(ctx, cur, L->v_offset, *L, ggml_add);
+    }
+    return cur;
 }
 
 ggml_tensor * pyturbo_kvt_shift_offset(ggml_context * ctx, const llama_cparams & cparams, int il, ggml_tensor * k,
@@ -452,6 +658,10 @@ ggml_tensor * pyturbo_kvt_shift_offset(ggml_context * ctx, const llama_cparams &
         return k;
     }
     ggml_tensor * x = k->type == GGML_TYPE_F32 ? k : ggml_cast(ctx, k, GGML_TYPE_F32);
+    if (L->k_matrix) {  // the whole head is RoPE-d (full_rope): A^-1 x + c before, A (x - c) after
+        return sign > 0 ? ggml_add(ctx, per_head_matmul(ctx, x, L->q_matrix), L->k_offset)
+                        : per_head_matmul(ctx, ggml_sub(ctx, x, L->k_offset), L->k_matrix);
+    }
     // the shift RoPEs the first n_rot values of each head: the offset's matching part
     ggml_tensor * offset = ggml_view_2d(ctx, L->k_offset, x->ne[0], L->k_offset->ne[1], L->k_offset->nb[1], 0);
     return sign > 0 ? ggml_add(ctx, x, offset) : ggml_sub(ctx, x, offset);

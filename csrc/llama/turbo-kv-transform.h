@@ -1,8 +1,14 @@
 // pyturbo: exact attention invariances that make K and V easy to quantize.
 //
-// Three transforms, each leaving every attention output unchanged in exact
+// Five transforms, each leaving every attention output unchanged in exact
 // arithmetic; only the cache's own quantization sees different numbers:
 //
+// - K calibration: keys are stored as A (k - c) and queries multiplied by A^-1,
+//   c and the symmetric matrix A per layer and KV head from the moments of the
+//   keys and queries in one pass over a built-in text (turbo-kv-calibration.h):
+//   the keys' mean and the A that makes the rounding cost least in q.k. It takes
+//   the place of K centering and K/Q equalization, which stand in for it where
+//   the pass cannot run.
 // - K centering: keys are stored as k - c_k for one fixed vector c_k per layer
 //   and KV head: the k_proj bias (whose outlier channels dominate Qwen2-family
 //   keys) as RoPE leaves it on average over the context's positions, so slowly
@@ -14,13 +20,19 @@
 //   the gains of a Q/K norm; K's also counts what centering leaves of the bias),
 //   s_j = (r_k(j) / r_q(j))^(alpha/2), alpha 0.5, and is shared
 //   by both channels of a RoPE pair, so it commutes with RoPE.
+// - V equalization: value channel j is divided by s_j and each head's attention
+//   output multiplied by it before W_o (the output is linear in V), s_j =
+//   (r_v(j) / |W_o column j|^2)^(1/4) from the weights, so the channels W_o reads
+//   most carry the least of the cache's rounding.
 // - V centering: values are stored as v - c_v (the v_proj bias) and c_v is
 //   added back to each head's output; exact because attention weights sum to 1
-//   (off for layers with attention sinks).
+//   (off for layers with attention sinks). Auto leaves it off (see auto_flags).
 //
 // The graph applies them right after RoPE, before llama.cpp's Hadamard rotation
-// and the cache write; a K-shift adds c_k back before re-RoPE-ing stored keys
-// and removes it after. Everything derives from the weights, so a saved state
+// and the cache write; a K-shift undoes the key transform of stored keys before
+// re-RoPE-ing them and redoes it after. Everything derives from the weights (and,
+// for K calibration, the fixed built-in text, its moments cached on disk per model
+// file so that every context of a model gets the same transform), so a saved state
 // needs nothing extra. patches/0006 calls these functions from llama.cpp.
 #pragma once
 
@@ -37,6 +49,8 @@ struct pyturbo_kv_transform;
 #define PYTURBO_KVT_K_CENTER   1
 #define PYTURBO_KVT_K_EQUALIZE 2
 #define PYTURBO_KVT_V_CENTER   4
+#define PYTURBO_KVT_V_EQUALIZE 8
+#define PYTURBO_KVT_K_CALIBRATE 16
 // A request that lets each model take what helps it (see pyturbo_kv_transform_auto_flags).
 #define PYTURBO_KVT_AUTO      -1
 // Withdraws a request (what the environment says applies again).
@@ -54,8 +68,9 @@ LLAMA_API void pyturbo_kv_transform_request(int32_t flags);
 // The transforms a context applies (bits; 0 = none).
 LLAMA_API int32_t pyturbo_kv_transform_flags(const struct llama_context * ctx);
 
-// The transforms "auto" picks for a model: centering where it has k_proj / v_proj biases,
-// equalization with K centering.
+// The transforms "auto" picks for a model: K calibration (K centering and K/Q equalization
+// where RoPE rules it out) and V equalization where every layer has a k_proj bias; nothing
+// elsewhere.
 LLAMA_API int32_t pyturbo_kv_transform_auto_flags(const struct llama_model * model);
 
 // The transforms a model's tensors allow (an asked transform that is not allowed is dropped).
