@@ -47,8 +47,9 @@ def add_flash_attn_flag(parser: argparse.ArgumentParser, many: bool = False) -> 
 
 def add_kv_transform_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-transform", dest="kv_transform", default="auto", metavar="auto|off",
-                        help="exact K/V transforms for low-bit caches: auto (what helps this model: centering "
-                             "and equalization where it has k_proj biases) or off; see pyturbo.kv_transform")
+                        help="exact K/V transforms for low-bit caches: auto (a calibrated key transform and "
+                             "value equalization, where the model allows them), off, or names joined by '+'; "
+                             "see pyturbo.kv_transform")
 
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """Exact K/V transforms (pyturbo.kv_transform): attention unchanged, low-bit K rescued, shift and state exact.
 
 A tiny qwen2 model with large Qwen2-style k/v biases (outlier channels 10x the rest)
-stands in for Qwen2.5; the tiny llama model (no biases) is the control.
+stands in for Qwen2.5; the tiny llama model (no biases) is the other kind.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from pyturbo.gguf import read_gguf_header
 from tiny_gguf import write_tiny_llama
 
 TOKENS = list(range(3, 3 + 200))
-AUTO_QWEN = "k_calibrate+v_equalize"  # what auto applies to a qwen2 model with k_proj biases
+AUTO_QWEN = "k_calibrate+v_equalize"  # what auto applies to a qwen2 model's quantized K and V
+# auto leaves F16 caches alone; asked for by name, the transforms apply to any cache (here:
+# to check that they are exact)
+TRANSFORMED = "k_calibrate+v_equalize"
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +48,10 @@ def kld(reference, logits):
     return float((np.exp(p) * (p - q)).sum(axis=1).mean())
 
 
-def test_auto_centers_and_equalizes_a_biased_qwen2_and_leaves_llama_alone(qwen, qwen_path, tiny_model, tiny_path):
-    assert score(qwen)[1] == AUTO_QWEN
-    assert score(tiny_model)[1] == "off"
-    assert score(qwen, kv_transform="off")[1] == "off"
+def test_auto_calibrates_keys_and_equalizes_values_where_the_model_allows(qwen, qwen_path, tiny_model, tiny_path):
+    assert score(qwen, "q4_0", "q8_0")[1] == AUTO_QWEN
+    assert score(tiny_model, "turbo4", "turbo3")[1] == "k_calibrate+v_equalize"
+    assert score(qwen, "q4_0", "q8_0", kv_transform="off")[1] == "off"
     assert score(qwen, kv_transform="k_center")[1] == "k_center"
     # an asked transform the model cannot take is dropped: llama has no biases to center with
     assert score(tiny_model, kv_transform="k_center+k_equalize")[1] == "k_equalize"
@@ -58,8 +61,17 @@ def test_auto_centers_and_equalizes_a_biased_qwen2_and_leaves_llama_alone(qwen, 
         assert choice.flags == _native.llama.pyturbo_kv_transform_auto_flags(model.handle)
 
 
+def test_auto_transforms_only_the_quantized_side(qwen):
+    assert score(qwen, "q8_0", "f16")[1] == "k_calibrate"
+    assert score(qwen, "f16", "turbo3")[1] == "v_equalize"
+    # an F16 cache is left exactly as it was: same graph, same logits
+    plain, applied = score(qwen, kv_transform="auto")
+    assert applied == "off"
+    np.testing.assert_array_equal(plain, score(qwen, kv_transform="off")[0])
+
+
 @pytest.mark.parametrize("flash_attn", ["on", "off"])
-@pytest.mark.parametrize("transforms", ["auto", "k_center", "k_equalize", "v_center", "v_equalize",
+@pytest.mark.parametrize("transforms", [TRANSFORMED, "k_center", "k_equalize", "v_center", "v_equalize",
                                         "k_center+k_equalize+v_center+v_equalize", "k_calibrate"])
 def test_transforms_leave_f16_attention_unchanged(qwen, flash_attn, transforms):
     reference, _ = score(qwen, kv_transform="off", flash_attn=flash_attn)
@@ -84,7 +96,7 @@ def test_every_cache_type_works_with_the_transforms(qwen, cache):
     reference, _ = score(qwen, kv_transform="off")
     plain = kld(reference, score(qwen, cache, cache, kv_transform="off")[0])
     transformed, applied = score(qwen, cache, cache, kv_transform="auto")
-    assert applied == AUTO_QWEN
+    assert applied == (AUTO_QWEN if pyturbo.cache_type(cache).quantized else "off")
     assert np.isfinite(transformed).all()
     # never worse than without (up to noise at the f16 floor)
     assert kld(reference, transformed) <= 1.05 * plain + 1e-4, cache
@@ -99,7 +111,7 @@ def greedy(model, prompt, n, kv_transform, cache_k="f16", n_ctx=256, **kwargs):
 def test_context_shift_with_transforms_continues_as_without(qwen):
     # 64 cells, 150 tokens: several shifts re-RoPE the stored (centered) keys. The two
     # runs differ by f16 rounding only, which may tip a near tie late in a long greedy run.
-    on, stats = greedy(qwen, "the cat sat on the mat", 150, "auto", n_ctx=64, context_shift=True)
+    on, stats = greedy(qwen, "the cat sat on the mat", 150, TRANSFORMED, n_ctx=64, context_shift=True)
     off, _ = greedy(qwen, "the cat sat on the mat", 150, "off", n_ctx=64, context_shift=True)
     assert stats.n_gen == 150
     common = next((i for i, (a, b) in enumerate(zip(on, off)) if a != b), min(len(on), len(off)))
@@ -125,21 +137,21 @@ def test_shifted_transformed_keys_give_the_untransformed_caches_logits(qwen, cac
     """The shift adds c_k back before re-RoPE-ing stored keys and takes it off after: a wrong
     offset (RoPE(c) - c left in the keys) would cost far more than the cache's own rounding."""
     reference = next_logits_after_a_shift(qwen, "f16", "off")
-    assert kld(reference, next_logits_after_a_shift(qwen, cache_k, "auto")) < limit
+    assert kld(reference, next_logits_after_a_shift(qwen, cache_k, TRANSFORMED)) < limit
     if cache_k == "turbo4":   # without transforms a shifted 4-bit K is far worse (measured 0.10)
         assert kld(reference, next_logits_after_a_shift(qwen, cache_k, "off")) > 20 * limit
 
 
 def test_state_restored_into_a_transformed_context_continues_the_same(qwen):
     prompt = "the cat sat on the mat"
-    with qwen.context(n_ctx=256, kv_transform="auto") as ctx:
+    with qwen.context(n_ctx=256, kv_transform=TRANSFORMED) as ctx:
         tokens = ctx.tokenize(prompt)
         ctx.decode(tokens)
         size = _native.llama.llama_state_get_size(ctx.handle)
         state = _native.ffi.new("uint8_t[]", size)
         assert _native.llama.llama_state_get_data(ctx.handle, state, size) > 0
         expected = ctx.tokenize(ctx.complete(tokens, max_tokens=16), add_special=False)
-    with qwen.context(n_ctx=256, kv_transform="auto") as ctx:
+    with qwen.context(n_ctx=256, kv_transform=TRANSFORMED) as ctx:
         assert _native.llama.llama_state_set_data(ctx.handle, state, size) > 0
         ctx._cached = list(tokens)
         restored = ctx.tokenize(ctx.complete(tokens, max_tokens=16), add_special=False)

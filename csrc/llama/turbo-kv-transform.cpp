@@ -43,9 +43,32 @@ struct pyturbo_kvt_layer {
     ggml_tensor * v_offset    = nullptr; // [head_v, n_head_kv]  c_v
     ggml_tensor * v_inv_scale = nullptr; // [head_v, n_head_kv]  1 / s_v
     ggml_tensor * v_scale     = nullptr; // [head_v, n_head_kv]  s_v
+    // the same with llama.cpp's Hadamard rotation H (of k_rot_size / v_rot_size, block-diagonal
+    // over the head) taken in, for caches that get it: H A, H A^-1, H diag(1/s_v), diag(s_v) H
+    ggml_tensor * k_rot_matrix = nullptr; // [head_k, head_k, n_head_kv]
+    ggml_tensor * q_rot_matrix = nullptr;
+    ggml_tensor * v_rot_in     = nullptr; // [head_v, head_v, n_head_kv]
+    ggml_tensor * v_rot_out    = nullptr;
+    int64_t k_rot_size = 0;
+    int64_t v_rot_size = 0;
     int64_t n_head    = 0;
     int64_t n_head_kv = 0;
 };
+
+// Whether llama.cpp will rotate a context's K and V: its KV cache does for quantized types,
+// K over the largest power of two (>= 64) dividing the head, V over 64. The transform
+// prepares matrices with those rotations taken in; the graph uses them only where the
+// rotation it is given has that size.
+struct pyturbo_kvt_rotation {
+    bool k = false;
+    bool v = false;
+
+    bool operator<(const pyturbo_kvt_rotation & other) const {
+        return k != other.k ? k < other.k : v < other.v;
+    }
+};
+
+static const int64_t V_ROTATION_SIZE = 64;
 
 struct pyturbo_kv_transform {
     int32_t flags = 0;
@@ -144,16 +167,19 @@ static int32_t supported_flags(const llama_model & model) {
 
 static int32_t auto_flags(const llama_model & model) {
     const int32_t supported = supported_flags(model);
-    // Only where a k_proj bias puts a fixed offset into every key (the Qwen2 family's
-    // outliers), and only what measured better there. V centering is left out: a value
+    // What measured better on both models tried (Qwen2.5-Coder-0.5B, with k_proj biases, and
+    // SmolLM2-135M, without): the calibrated key transform and V equalization. Where RoPE
+    // rules calibration out, the weight-derived centering and equalization stand in for it,
+    // but only where a k_proj bias puts a fixed offset into every key (they were measured
+    // there; equalization alone made SmolLM2 2% worse). V centering is left out: a value
     // that attention sinks onto is small as it comes (the sink adds nothing to the output),
     // and minus c_v it is not, so its quantization error lands in every output that sinks.
-    if (!(supported & PYTURBO_KVT_K_CENTER)) {
-        return 0;
+    int32_t keys = 0;
+    if (supported & PYTURBO_KVT_K_CALIBRATE) {
+        keys = PYTURBO_KVT_K_CALIBRATE;
+    } else if (supported & PYTURBO_KVT_K_CENTER) {
+        keys = PYTURBO_KVT_K_CENTER | PYTURBO_KVT_K_EQUALIZE;
     }
-    // the calibrated key transform where the model's RoPE allows it (else the weight-derived one)
-    const int32_t keys = (supported & PYTURBO_KVT_K_CALIBRATE) ? PYTURBO_KVT_K_CALIBRATE
-                                                               : PYTURBO_KVT_K_CENTER | PYTURBO_KVT_K_EQUALIZE;
     return supported & (keys | PYTURBO_KVT_V_EQUALIZE);
 }
 
@@ -361,6 +387,73 @@ static std::vector<float> reciprocals(const std::vector<float> & x) {
     return out;
 }
 
+// Largest power of two >= 64 dividing n, or 0.
+static int64_t k_rotation_size(int64_t n) {
+    if (n % 64 != 0) {
+        return 0;
+    }
+    int64_t size = 64;
+    while (n % (2 * size) == 0) {
+        size *= 2;
+    }
+    return size;
+}
+
+// llama.cpp's orthonormal Walsh-Hadamard matrix of size n (Sylvester order; symmetric),
+// applied block-diagonally to a head of `head` values: [head][head], row-major.
+static std::vector<double> block_hadamard(int64_t n, int64_t head) {
+    std::vector<double> h(n * n, 0.0);
+    h[0] = 1.0 / std::sqrt((double) n);
+    for (int64_t size = 1; size < n; size *= 2) {
+        for (int64_t i = 0; i < size; ++i) {
+            for (int64_t j = 0; j < size; ++j) {
+                const double value = h[i * n + j];
+                h[(i + size) * n + j] = value;
+                h[i * n + j + size] = value;
+                h[(i + size) * n + j + size] = -value;
+            }
+        }
+    }
+    std::vector<double> out(head * head, 0.0);
+    for (int64_t b = 0; b < head; b += n) {
+        for (int64_t i = 0; i < n; ++i) {
+            for (int64_t j = 0; j < n; ++j) {
+                out[(b + i) * head + b + j] = h[i * n + j];
+            }
+        }
+    }
+    return out;
+}
+
+// left * right for head x head matrices per KV head (right: [n_head_kv][head][head] as floats).
+static std::vector<float> rotate_matrices(const std::vector<double> & left, const std::vector<float> & right,
+                                          int64_t head) {
+    std::vector<float> out(right.size());
+    for (size_t base = 0; base < right.size(); base += head * head) {
+        for (int64_t i = 0; i < head; ++i) {
+            for (int64_t j = 0; j < head; ++j) {
+                double sum = 0.0;
+                for (int64_t l = 0; l < head; ++l) {
+                    sum += left[i * head + l] * right[base + l * head + j];
+                }
+                out[base + i * head + j] = (float) sum;
+            }
+        }
+    }
+    return out;
+}
+
+// diag(scale) as [n_head_kv][head][head] floats (scale: [n_head_kv][head]).
+static std::vector<float> diagonal_matrices(const std::vector<float> & scale, int64_t head) {
+    std::vector<float> out(scale.size() * head, 0.0f);
+    for (size_t h = 0; h < scale.size() / head; ++h) {
+        for (int64_t d = 0; d < head; ++d) {
+            out[(h * head + d) * head + d] = scale[h * head + d];
+        }
+    }
+    return out;
+}
+
 static ggml_tensor * new_matrix(ggml_context * ctx, int64_t head, int64_t n_head_kv) {
     return ggml_new_tensor_2d(ctx, GGML_TYPE_F32, head, n_head_kv);
 }
@@ -394,10 +487,19 @@ static void set_calibrated_key_transforms(const std::vector<pyturbo_kv_moments> 
     const auto work = [&](size_t first, size_t step) {
         for (size_t il = first; il < layers.size(); il += step) {
             std::vector<float> c, a, a_inv;
+            const pyturbo_kvt_layer & L = layers[il];
             pyturbo_kv_key_basis(moments[il], n_ctx, c, a, a_inv);
-            ggml_backend_tensor_set(layers[il].k_offset, c.data(), 0, ggml_nbytes(layers[il].k_offset));
-            ggml_backend_tensor_set(layers[il].k_matrix, a.data(), 0, ggml_nbytes(layers[il].k_matrix));
-            ggml_backend_tensor_set(layers[il].q_matrix, a_inv.data(), 0, ggml_nbytes(layers[il].q_matrix));
+            ggml_backend_tensor_set(L.k_offset, c.data(), 0, ggml_nbytes(L.k_offset));
+            ggml_backend_tensor_set(L.k_matrix, a.data(), 0, ggml_nbytes(L.k_matrix));
+            ggml_backend_tensor_set(L.q_matrix, a_inv.data(), 0, ggml_nbytes(L.q_matrix));
+            if (L.k_rot_matrix) {
+                const int64_t head = L.k_matrix->ne[0];
+                const std::vector<double> h = block_hadamard(L.k_rot_size, head);
+                const std::vector<float> ha = rotate_matrices(h, a, head);
+                const std::vector<float> ha_inv = rotate_matrices(h, a_inv, head);
+                ggml_backend_tensor_set(L.k_rot_matrix, ha.data(), 0, ggml_nbytes(L.k_rot_matrix));
+                ggml_backend_tensor_set(L.q_rot_matrix, ha_inv.data(), 0, ggml_nbytes(L.q_rot_matrix));
+            }
         }
     };
     const size_t n_workers = std::max<size_t>(1, std::min<size_t>(n_threads, layers.size()));
@@ -421,19 +523,36 @@ static void set_value_transform(const llama_model & model, int il, const pyturbo
         const std::vector<float> inv = reciprocals(s_v);
         ggml_backend_tensor_set(L.v_scale, s_v.data(), 0, ggml_nbytes(L.v_scale));
         ggml_backend_tensor_set(L.v_inv_scale, inv.data(), 0, ggml_nbytes(L.v_inv_scale));
+        if (L.v_rot_in) {
+            const int64_t head = L.v_scale->ne[0];
+            const std::vector<double> h = block_hadamard(L.v_rot_size, head);
+            const std::vector<float> in = rotate_matrices(h, diagonal_matrices(inv, head), head);
+            std::vector<float> out(in.size());  // diag(s_v) H = (H diag(s_v))^T, H symmetric
+            const std::vector<float> h_s = rotate_matrices(h, diagonal_matrices(s_v, head), head);
+            for (size_t base = 0; base < out.size(); base += head * head) {
+                for (int64_t i = 0; i < head; ++i) {
+                    for (int64_t j = 0; j < head; ++j) {
+                        out[base + i * head + j] = h_s[base + j * head + i];
+                    }
+                }
+            }
+            ggml_backend_tensor_set(L.v_rot_in, in.data(), 0, ggml_nbytes(L.v_rot_in));
+            ggml_backend_tensor_set(L.v_rot_out, out.data(), 0, ggml_nbytes(L.v_rot_out));
+        }
     }
 }
 
 // flags: what applies (a calibrated key transform replaces the weight-derived one).
 static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model & model, int32_t flags,
                                                              const llama_cparams & cparams,
-                                                             const std::vector<pyturbo_kv_moments> & moments) {
+                                                             const std::vector<pyturbo_kv_moments> & moments,
+                                                             const pyturbo_kvt_rotation & rotation) {
     const auto & hp = model.hparams;
     auto t = std::make_unique<pyturbo_kv_transform>();
     t->flags = flags;
     const bool calibrated = flags & PYTURBO_KVT_K_CALIBRATE;
     const uint32_t n_layer = hp.n_layer();
-    ggml_init_params params = { ggml_tensor_overhead() * (6 * n_layer + 1), nullptr, true };
+    ggml_init_params params = { ggml_tensor_overhead() * (12 * n_layer + 1), nullptr, true };
     t->ctx = ggml_init(params);
     t->layers.resize(n_layer);
     for (uint32_t il = 0; il < n_layer; ++il) {
@@ -445,6 +564,11 @@ static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model &
             L.k_offset = new_matrix(t->ctx, head, L.n_head_kv);
             L.k_matrix = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
             L.q_matrix = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
+            L.k_rot_size = rotation.k ? k_rotation_size(head) : 0;
+            if (L.k_rot_size) {
+                L.k_rot_matrix = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
+                L.q_rot_matrix = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
+            }
         }
         if (!calibrated && (flags & PYTURBO_KVT_K_EQUALIZE)) {
             L.k_inv_scale = new_matrix(t->ctx, head, L.n_head_kv);
@@ -457,8 +581,14 @@ static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model &
             L.v_offset = new_matrix(t->ctx, hp.n_embd_head_v(il), L.n_head_kv);
         }
         if (flags & PYTURBO_KVT_V_EQUALIZE) {
-            L.v_inv_scale = new_matrix(t->ctx, hp.n_embd_head_v(il), L.n_head_kv);
-            L.v_scale = new_matrix(t->ctx, hp.n_embd_head_v(il), L.n_head_kv);
+            const int64_t head_v = hp.n_embd_head_v(il);
+            L.v_inv_scale = new_matrix(t->ctx, head_v, L.n_head_kv);
+            L.v_scale = new_matrix(t->ctx, head_v, L.n_head_kv);
+            L.v_rot_size = rotation.v && head_v % V_ROTATION_SIZE == 0 ? V_ROTATION_SIZE : 0;
+            if (L.v_rot_size) {
+                L.v_rot_in = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head_v, head_v, L.n_head_kv);
+                L.v_rot_out = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head_v, head_v, L.n_head_kv);
+            }
         }
     }
     t->buffer = ggml_backend_alloc_ctx_tensors_from_buft(t->ctx, ggml_backend_cpu_buffer_type());
@@ -479,7 +609,8 @@ static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model &
 // One transform per (model, flags, context size), shared by contexts alike, freed with the model;
 // one calibration per model (empty where it failed), shared by its context sizes.
 static std::mutex registry_mutex;
-static std::map<std::tuple<const llama_model *, int32_t, uint32_t>, std::unique_ptr<pyturbo_kv_transform>> registry;
+static std::map<std::tuple<const llama_model *, int32_t, uint32_t, pyturbo_kvt_rotation>,
+                std::unique_ptr<pyturbo_kv_transform>> registry;
 static std::map<const llama_model *, std::vector<pyturbo_kv_moments>> calibrations;
 
 static const std::vector<pyturbo_kv_moments> & calibration_for(const llama_model & model, int n_threads) {
@@ -491,19 +622,21 @@ static const std::vector<pyturbo_kv_moments> & calibration_for(const llama_model
 }
 
 static const pyturbo_kv_transform * transform_for(const llama_model & model, int32_t flags,
-                                                  const llama_cparams & cparams) {
+                                                  const llama_cparams & cparams, const pyturbo_kvt_rotation & rotation) {
     std::lock_guard<std::mutex> lock(registry_mutex);
-    auto & slot = registry[{&model, flags, cparams.n_ctx}];
+    auto & slot = registry[{&model, flags, cparams.n_ctx, rotation}];
     if (!slot) {
         static const std::vector<pyturbo_kv_moments> none;
         const auto & moments = (flags & PYTURBO_KVT_K_CALIBRATE) ? calibration_for(model, cparams.n_threads) : none;
         // a calibrated key transform replaces the weight-derived centering and equalization;
-        // where the pass gives none, those stand in for it as far as the model allows them
-        const int32_t weight_keys = supported_flags(model) & (PYTURBO_KVT_K_CENTER | PYTURBO_KVT_K_EQUALIZE);
+        // where the pass gives none, those stand in for it on models with k_proj biases
+        const int32_t supported = supported_flags(model);
+        const int32_t weight_keys = (supported & PYTURBO_KVT_K_CENTER)
+            ? supported & (PYTURBO_KVT_K_CENTER | PYTURBO_KVT_K_EQUALIZE) : 0;
         const int32_t applied = !(flags & PYTURBO_KVT_K_CALIBRATE) ? flags
             : !moments.empty() ? flags & ~(PYTURBO_KVT_K_CENTER | PYTURBO_KVT_K_EQUALIZE)
             : (flags & ~PYTURBO_KVT_K_CALIBRATE) | weight_keys;
-        slot = build_transform(model, applied, cparams, moments);
+        slot = build_transform(model, applied, cparams, moments, rotation);
     }
     return slot.get();
 }
@@ -537,11 +670,20 @@ static int32_t flags_from_env() {
     return atoi(value);
 }
 
-void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparams) {
+static const int32_t KEY_FLAGS = PYTURBO_KVT_K_CENTER | PYTURBO_KVT_K_EQUALIZE | PYTURBO_KVT_K_CALIBRATE;
+static const int32_t VALUE_FLAGS = PYTURBO_KVT_V_CENTER | PYTURBO_KVT_V_EQUALIZE;
+
+void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparams, ggml_type type_k, ggml_type type_v) {
     int32_t flags = request_pending ? request_flags : flags_from_env();
     request_pending = false;
-    flags = flags == PYTURBO_KVT_AUTO ? auto_flags(model) : (flags & supported_flags(model));
-    cparams.pyturbo_kvt = flags ? transform_for(model, flags, cparams) : nullptr;
+    const pyturbo_kvt_rotation rotation = { ggml_is_quantized(type_k), ggml_is_quantized(type_v) };
+    if (flags == PYTURBO_KVT_AUTO) {
+        // only what rounds: an F16/BF16/F32 side keeps its exact numbers and its speed
+        flags = auto_flags(model) & ((rotation.k ? KEY_FLAGS : 0) | (rotation.v ? VALUE_FLAGS : 0));
+    } else {
+        flags &= supported_flags(model);
+    }
+    cparams.pyturbo_kvt = flags ? transform_for(model, flags, cparams, rotation) : nullptr;
     if (cparams.pyturbo_kvt) {
         const int32_t applied = cparams.pyturbo_kvt->flags;
         LLAMA_LOG_INFO("%s: pyturbo KV transforms:%s%s%s%s%s\n", __func__,
@@ -587,65 +729,93 @@ static ggml_tensor * per_kv_head(ggml_context * ctx, ggml_tensor * x, ggml_tenso
     return ggml_reshape(ctx, result, x);
 }
 
-// y = M_h x per head for x [head, n_heads, n_tokens] (any strides) and M [head, head, n_m]
-// (row-major per head; n_heads a multiple of n_m, consecutive heads sharing one M as a GQA
-// group shares its KV head, the broadcast ggml_mul_mat makes).
+// y = M_h x per head for x [head, n_heads, n_tokens] and M [head, head, n_m] (row-major per
+// head; n_heads a multiple of n_m, consecutive heads sharing one M as a GQA group shares its
+// KV head). As [head, 1, n_heads, n_tokens], x is one column per (head, token) and
+// ggml_mul_mat broadcasts M over both: one op, no copies (one cont for a strided view).
 static ggml_tensor * per_head_matmul(ggml_context * ctx, ggml_tensor * x, ggml_tensor * m) {
-    ggml_tensor * by_head = ggml_cont(ctx, ggml_permute(ctx, x, 0, 2, 1, 3));  // [head, n_tokens, n_heads]
-    ggml_tensor * y = ggml_mul_mat(ctx, m, by_head);                           // row i: sum_j M[i][j] x_j
-    return ggml_cont(ctx, ggml_permute(ctx, y, 0, 2, 1, 3));
+    ggml_tensor * columns = ggml_reshape_4d(ctx, ggml_is_contiguous(x) ? x : ggml_cont(ctx, x), x->ne[0], 1,
+                                            x->ne[1], ggml_nelements(x) / (x->ne[0] * x->ne[1]));
+    ggml_tensor * y = ggml_mul_mat(ctx, ggml_reshape_4d(ctx, m, m->ne[0], m->ne[1], m->ne[2], 1), columns);
+    return ggml_reshape_3d(ctx, y, x->ne[0], x->ne[1], ggml_nelements(x) / (x->ne[0] * x->ne[1]));
 }
 
-static void apply_to_keys(ggml_context * ctx, const pyturbo_kvt_layer & L, ggml_tensor ** q, ggml_tensor ** k) {
-    if (*k == nullptr) {
-        return;
+static bool folds(const ggml_tensor * matrix, int64_t size, const ggml_tensor * rot) {
+    return matrix != nullptr && rot != nullptr && rot->ne[0] == size;
+}
+
+// Keys and queries: the transform, then llama.cpp's rotation k_rot (taken into the
+// calibrated matrices where they were made for it).
+static void apply_to_keys(ggml_context * ctx, const pyturbo_kvt_layer * L, ggml_tensor ** q, ggml_tensor ** k,
+                          ggml_tensor * k_rot) {
+    if (L != nullptr && *k != nullptr && L->k_matrix) {  // calibrated: A (k - c) stored, A^-1 q asked
+        const bool folded = folds(L->k_rot_matrix, L->k_rot_size, k_rot);
+        *q = per_head_matmul(ctx, *q, folded ? L->q_rot_matrix : L->q_matrix);
+        *k = per_head_matmul(ctx, ggml_sub(ctx, *k, L->k_offset), folded ? L->k_rot_matrix : L->k_matrix);
+        k_rot = folded ? nullptr : k_rot;
+    } else if (L != nullptr && *k != nullptr) {
+        if (L->q_scale) {
+            *q = per_kv_head(ctx, *q, L->q_scale, *L, ggml_mul);
+            *k = ggml_mul(ctx, *k, L->k_inv_scale);
+        }
+        if (L->k_offset) {
+            *k = ggml_sub(ctx, *k, L->k_offset);
+        }
     }
-    if (L.k_matrix) {  // calibrated: A (k - c) stored, A^-1 q asked
-        *q = per_head_matmul(ctx, *q, L.q_matrix);
-        *k = per_head_matmul(ctx, ggml_sub(ctx, *k, L.k_offset), L.k_matrix);
-        return;
-    }
-    if (L.q_scale) {
-        *q = per_kv_head(ctx, *q, L.q_scale, L, ggml_mul);
-        *k = ggml_mul(ctx, *k, L.k_inv_scale);
-    }
-    if (L.k_offset) {
-        *k = ggml_sub(ctx, *k, L.k_offset);
+    if (k_rot) {
+        *q = llama_mul_mat_hadamard(ctx, *q, k_rot);
+        if (*k) {
+            *k = llama_mul_mat_hadamard(ctx, *k, k_rot);
+        }
     }
 }
 
-static void apply_to_values(ggml_context * ctx, const pyturbo_kvt_layer & L, ggml_tensor ** v, const ggml_tensor * sinks) {
+// Values: c_v off, then 1/s_v and llama.cpp's rotation v_rot (one matrix where made for it).
+static void apply_to_values(ggml_context * ctx, const pyturbo_kvt_layer * L, ggml_tensor ** v,
+                            const ggml_tensor * sinks, ggml_tensor * v_rot) {
     if (*v == nullptr) {
         return;
     }
-    if (L.v_offset && sinks == nullptr) {
-        *v = ggml_sub(ctx, *v, L.v_offset);
+    if (L != nullptr && L->v_offset && sinks == nullptr) {
+        *v = ggml_sub(ctx, *v, L->v_offset);
     }
-    if (L.v_inv_scale) {
-        *v = ggml_mul(ctx, *v, L.v_inv_scale);
+    if (L != nullptr && folds(L->v_rot_in, L->v_rot_size, v_rot)) {
+        *v = per_head_matmul(ctx, *v, L->v_rot_in);
+        return;
+    }
+    if (L != nullptr && L->v_inv_scale) {
+        *v = ggml_mul(ctx, *v, L->v_inv_scale);
+    }
+    if (v_rot) {
+        *v = llama_mul_mat_hadamard(ctx, *v, v_rot);
     }
 }
 
-void pyturbo_kvt_apply(ggml_context * ctx, const llama_cparams & cparams, int il,
-                       ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v, const ggml_tensor * sinks) {
+void pyturbo_kvt_apply(ggml_context * ctx, const llama_cparams & cparams, int il, ggml_tensor ** q, ggml_tensor ** k,
+                       ggml_tensor ** v, const ggml_tensor * sinks, ggml_tensor * k_rot, ggml_tensor * v_rot) {
     const pyturbo_kvt_layer * L = layer_of(cparams, il);
-    if (L != nullptr) {
-        apply_to_keys(ctx, *L, q, k);
-        apply_to_values(ctx, *L, v, sinks);
-    }
+    apply_to_keys(ctx, L, q, k, k_rot);
+    apply_to_values(ctx, L, v, sinks, v_rot);
 }
 
 ggml_tensor * pyturbo_kvt_restore_output(ggml_context * ctx, const llama_cparams & cparams, int il, ggml_tensor * cur,
-                                         const ggml_tensor * sinks) {
+                                         const ggml_tensor * sinks, ggml_tensor * v_rot) {
     const pyturbo_kvt_layer * L = layer_of(cparams, il);
-    if (L == nullptr) {
-        return cur;
-    }
     // cur: [head_v * n_head, n_tokens]
-    if (L->v_scale) {
-        cur = per_kv_head(ctx, cur, L->v_scale, *L, ggml_mul);
+    if (L != nullptr && folds(L->v_rot_out, L->v_rot_size, v_rot)) {
+        const int64_t head = L->v_rot_out->ne[0];
+        ggml_tensor * heads = ggml_reshape_3d(ctx, ggml_is_contiguous(cur) ? cur : ggml_cont(ctx, cur), head, L->n_head,
+                                              ggml_nelements(cur) / (head * L->n_head));
+        cur = ggml_reshape(ctx, per_head_matmul(ctx, heads, L->v_rot_out), cur);
+    } else {
+        if (v_rot) {
+            cur = llama_mul_mat_hadamard(ctx, cur, v_rot);
+        }
+        if (L != nullptr && L->v_scale) {
+            cur = per_kv_head(ctx, cur, L->v_scale, *L, ggml_mul);
+        }
     }
-    if (L->v_offset && sinks == nullptr) {
+    if (L != nullptr && L->v_offset && sinks == nullptr) {
         cur = per_kv_head(ctx, cur, L->v_offset, *L, ggml_add);
     }
     return cur;

@@ -68,9 +68,9 @@ LLAMA_API void pyturbo_kv_transform_request(int32_t flags);
 // The transforms a context applies (bits; 0 = none).
 LLAMA_API int32_t pyturbo_kv_transform_flags(const struct llama_context * ctx);
 
-// The transforms "auto" picks for a model: K calibration (K centering and K/Q equalization
-// where RoPE rules it out) and V equalization where every layer has a k_proj bias; nothing
-// elsewhere.
+// The transforms "auto" picks for a model: K calibration and V equalization where the model
+// allows them (K centering and K/Q equalization in calibration's place where RoPE rules it
+// out and every layer has a k_proj bias).
 LLAMA_API int32_t pyturbo_kv_transform_auto_flags(const struct llama_model * model);
 
 // The transforms a model's tensors allow (an asked transform that is not allowed is dropped).
@@ -83,15 +83,19 @@ LLAMA_API int32_t pyturbo_kv_transform_supported_flags(const struct llama_model 
 // -- called from llama.cpp (patches/0006) ---------------------------------------------------
 
 // llama_context's constructor: resolves the request for this context into cparams.
-void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparams);
+// "auto" transforms only the sides whose cache type is quantized (an F16 cache has no
+// rounding to speak of); asked transforms apply as asked.
+void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparams, ggml_type type_k, ggml_type type_v);
 
-// build_attn, before the rotation and the cache write: transforms Q, K and V of layer il.
-void pyturbo_kvt_apply(ggml_context * ctx, const llama_cparams & cparams, int il,
-                       ggml_tensor ** q, ggml_tensor ** k, ggml_tensor ** v, const ggml_tensor * sinks);
+// build_attn, before the cache write: transforms Q, K and V of layer il, then applies
+// llama.cpp's Hadamard rotations k_rot (Q and K) and v_rot (V), where given. A transform
+// that is a matrix per head takes the rotation into that matrix (one op instead of two).
+void pyturbo_kvt_apply(ggml_context * ctx, const llama_cparams & cparams, int il, ggml_tensor ** q, ggml_tensor ** k,
+                       ggml_tensor ** v, const ggml_tensor * sinks, ggml_tensor * k_rot, ggml_tensor * v_rot);
 
-// build_attn, after the rotation is undone: adds c_v back to every head's output.
+// build_attn, on the attention output: undoes v_rot and V's transform (c_v back, s_v).
 ggml_tensor * pyturbo_kvt_restore_output(ggml_context * ctx, const llama_cparams & cparams, int il, ggml_tensor * cur,
-                                         const ggml_tensor * sinks);
+                                         const ggml_tensor * sinks, ggml_tensor * v_rot);
 
 // K-shift of layer il: the stored keys k (the n_rot leading values of each head) as F32 with
 // c_k / s added back (sign +1, before RoPE) or taken off again (sign -1, after). Returns k

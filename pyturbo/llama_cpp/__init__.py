@@ -136,8 +136,9 @@ def llama_kwargs(cache_k: str = "f16", cache_v: str = "f16", flash_attn: "bool |
 
 def set_kv_transform(value: str = "auto") -> None:
     """The exact K/V transforms (pyturbo.kv_transform) of every Llama created from now on:
-    "auto" (the default: what helps the model, e.g. centering for Qwen2's biased keys) or
-    "off". The same as setting PYTURBO_KV_TRANSFORM before starting the program."""
+    "auto" (the default: the calibrated key transform and value equalization where the
+    model allows them) or "off". The same as setting PYTURBO_KV_TRANSFORM before starting
+    the program."""
     set_process_default(value)
 
 
