@@ -22,6 +22,7 @@ def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: 
     projection biases the way Qwen2 has them: K's with outliers of size `bias` in the
     lowest-frequency RoPE channels (see qwen2_biases).
     qk_gain scales W_q and W_k: larger scores, sharper attention, more sensitive to K errors.
+    arch="qwen3" adds Qwen3's per-head Q/K RMS norms (gains around 1, a few channels 8x).
     """
     rng = np.random.default_rng(seed)
     head_size = n_embd // n_head
@@ -59,6 +60,12 @@ def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: 
     if bias:
         for name, values in qwen2_biases(rng, n_layer, n_head, n_head_kv, head_size, bias):
             writer.add_tensor(name, values)
+    if arch == "qwen3":
+        for i in range(n_layer):
+            for name in ("attn_q_norm", "attn_k_norm"):
+                gains = (1.0 + 0.1 * rng.standard_normal(head_size)).astype(np.float32)
+                gains[rng.choice(head_size, 3, replace=False)] *= 8.0
+                writer.add_tensor(f"blk.{i}.{name}.weight", gains)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

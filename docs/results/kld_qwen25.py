@@ -1,7 +1,7 @@
 """KLD of K/V caches on Qwen2.5-Coder-0.5B-Instruct with the exact K/V transforms off and "auto".
 
     python docs/results/kld_qwen25.py MODEL [--chunks 20] [-t 2] > docs/results/kld-qwen2.5.md
-    python docs/results/kld_qwen25.py --render      # the table again from kld-qwen2.5.json
+    python docs/results/kld_qwen25.py --render      # the page again from kld-qwen2.5.json
 
 Runs pyturbo.eval.kld (c=512, the Debian license texts) once per kv_transform
 setting; the reference is always the untransformed f16/f16 cache. Also writes
@@ -58,6 +58,20 @@ def plot(off: list, auto: list, path: Path) -> None:
     plt.close(fig)
 
 
+def applied(auto: list) -> str:
+    """What "auto" applied to the quantized configurations (F16 ones it leaves alone)."""
+    return ", ".join(sorted({r.kv_transform for r in auto if r.kv_transform != "off"})) or "off"
+
+
+def page(off: list, auto: list, chunks: int, minutes: "float | None") -> str:
+    took = f" ({minutes:.1f} min)" if minutes else ""
+    return ("# KLD on Qwen2.5-Coder-0.5B-Instruct: exact K/V transforms off and auto\n\n"
+            f"Produced by `python docs/results/kld_qwen25.py MODEL --chunks {chunks}`{took}: "
+            f"pyturbo.eval.kld, c=512, {chunks} chunks of the Debian license texts, flash attention auto, "
+            f"KLD against the untransformed f16/f16 cache. \"auto\" applied {applied(auto)} to the quantized "
+            "caches and nothing to F16 ones.\n\n" + table(off, auto))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?")
@@ -67,9 +81,10 @@ def main() -> int:
     args = parser.parse_args()
     saved = HERE / "kld-qwen2.5.json"
     if args.render:
-        runs = {mode: [pteval.KLDResult(**r) for r in records] for mode, records in
-                json.loads(saved.read_text()).items() if mode in ("off", "auto")}
-        print(table(runs["off"], runs["auto"]))
+        data = json.loads(saved.read_text())
+        runs = {mode: [pteval.KLDResult(**r) for r in data[mode]] for mode in ("off", "auto")}
+        meta = data.get("meta", {})
+        print(page(runs["off"], runs["auto"], meta.get("chunks", args.chunks), meta.get("minutes")))
         return 0
     if not args.model:
         parser.error("give the model (or --render)")
@@ -77,15 +92,11 @@ def main() -> int:
     runs = {mode: pteval.kld(args.model, CONFIGS, n_ctx=512, chunks=args.chunks, n_threads=args.threads,
                              kv_transform=mode) for mode in ("off", "auto")}
     minutes = (time.perf_counter() - started) / 60
-    saved.write_text(json.dumps(
-        {mode: [dataclasses.asdict(r) for r in results] for mode, results in runs.items()}, indent=2) + "\n")
+    records = {mode: [dataclasses.asdict(r) for r in results] for mode, results in runs.items()}
+    records["meta"] = {"chunks": args.chunks, "minutes": round(minutes, 1)}
+    saved.write_text(json.dumps(records, indent=2) + "\n")
     plot(runs["off"], runs["auto"], HERE / "kld-qwen2.5.png")
-    print("# KLD on Qwen2.5-Coder-0.5B-Instruct: exact K/V transforms off and auto\n")
-    print(f"Produced by `python docs/results/kld_qwen25.py MODEL --chunks {args.chunks}` ({minutes:.1f} min): "
-          f"pyturbo.eval.kld, c=512, {args.chunks} chunks of the Debian license texts, flash attention auto, "
-          "KLD against the untransformed f16/f16 cache. \"auto\" applied: "
-          f"{runs['auto'][0].kv_transform}.\n")
-    print(table(runs["off"], runs["auto"]))
+    print(page(runs["off"], runs["auto"], args.chunks, minutes))
     return 0
 
 
