@@ -171,6 +171,72 @@ static matrix average_over_positions(const pyturbo_kv_moments & m, const double 
     return out;
 }
 
+// One KV head's keys and queries as a context of n_pos positions sees them: the keys' mean
+// (each RoPE pair's mean turned on average), their covariance and the queries' second moment.
+struct head_view {
+    std::vector<double> mean;
+    matrix sigma_k;
+    matrix second_q;
+};
+
+static head_view view_at_positions(const pyturbo_kv_moments & m, int64_t h, double n_pos) {
+    const int64_t n = m.head;
+    head_view view;
+    view.mean.resize(n);
+    for (int64_t f = 0; f < n / 2; ++f) {
+        int64_t d0, d1;
+        pair_channels(m, f, d0, d1);
+        const std::complex<double> z = mean_turn(m.theta[f], n_pos) *
+            std::complex<double>(m.k_mean[h * n + d0], m.k_mean[h * n + d1]);
+        view.mean[d0] = z.real();
+        view.mean[d1] = z.imag();
+    }
+    view.sigma_k = average_over_positions(m, &m.k_second[h * n * n], n_pos);
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+            view.sigma_k[i * n + j] -= view.mean[i] * view.mean[j];
+        }
+    }
+    view.second_q = average_over_positions(m, &m.q_second[h * n * n], n_pos);
+    return view;
+}
+
+// A^2 = Sk^-1 # Sq = Sk^-1/2 (Sk^1/2 Sq Sk^1/2)^1/2 Sk^-1/2, as its spectrum.
+static spectrum squared_key_matrix(const head_view & view, int64_t n) {
+    const spectrum keys(view.sigma_k, n);
+    const matrix k_half = keys.apply([](double x) { return std::sqrt(x); });
+    const matrix k_inv_half = keys.apply([](double x) { return 1.0 / std::sqrt(x); });
+    const matrix inner = spectrum(multiply(multiply(k_half, view.second_q, n), k_half, n), n)
+                             .apply([](double x) { return std::sqrt(x); });
+    return spectrum(multiply(multiply(k_inv_half, inner, n), k_inv_half, n), n);
+}
+
+static double trace_of_product(const matrix & a, const matrix & b, int64_t n) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+            sum += a[i * n + j] * b[j * n + i];
+        }
+    }
+    return sum;
+}
+
+// What rounding A (k - c) costs in q.k, up to a constant: the rotation spreads an error
+// proportional to |A (k - c)|^2 evenly over the channels, and q reads it through A^-1:
+// tr(A^-2 Sq) tr(A^2 Sk). With A = I: tr(Sq) tr(Sk).
+static double rounding_cost(const spectrum * squared, const head_view & view, int64_t n) {
+    if (squared == nullptr) {
+        double tq = 0.0, tk = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+            tq += view.second_q[i * n + i];
+            tk += view.sigma_k[i * n + i];
+        }
+        return tq * tk;
+    }
+    return trace_of_product(squared->apply([](double x) { return 1.0 / x; }), view.second_q, n) *
+           trace_of_product(squared->apply([](double x) { return x; }), view.sigma_k, n);
+}
+
 void pyturbo_kv_key_basis(const pyturbo_kv_moments & m, uint32_t n_ctx, std::vector<float> & c,
                           std::vector<float> & a, std::vector<float> & a_inv) {
     const int64_t n = m.head;
@@ -179,31 +245,18 @@ void pyturbo_kv_key_basis(const pyturbo_kv_moments & m, uint32_t n_ctx, std::vec
     a.assign(n * n * m.n_head_kv, 0.0f);
     a_inv.assign(n * n * m.n_head_kv, 0.0f);
     for (int64_t h = 0; h < m.n_head_kv; ++h) {
-        // the keys' mean over the context's positions: each pair's mean turned on average
-        std::vector<double> mean(n);
-        for (int64_t f = 0; f < n / 2; ++f) {
-            int64_t d0, d1;
-            pair_channels(m, f, d0, d1);
-            const std::complex<double> z = mean_turn(m.theta[f], n_pos) *
-                std::complex<double>(m.k_mean[h * n + d0], m.k_mean[h * n + d1]);
-            mean[d0] = z.real();
-            mean[d1] = z.imag();
-        }
-        matrix sigma_k = average_over_positions(m, &m.k_second[h * n * n], n_pos);
+        const head_view view = view_at_positions(m, h, n_pos);
         for (int64_t i = 0; i < n; ++i) {
-            for (int64_t j = 0; j < n; ++j) {
-                sigma_k[i * n + j] -= mean[i] * mean[j];
-            }
+            c[h * n + i] = (float) view.mean[i];
         }
-        const matrix second_q = average_over_positions(m, &m.q_second[h * n * n], n_pos);
-        // A^2 = Sk^-1 # Sq = Sk^-1/2 (Sk^1/2 Sq Sk^1/2)^1/2 Sk^-1/2
-        const spectrum keys(sigma_k, n);
-        const matrix k_half = keys.apply([](double x) { return std::sqrt(x); });
-        const matrix k_inv_half = keys.apply([](double x) { return 1.0 / std::sqrt(x); });
-        const matrix inner = spectrum(multiply(multiply(k_half, second_q, n), k_half, n), n)
-                                 .apply([](double x) { return std::sqrt(x); });
-        const spectrum squared(multiply(multiply(k_inv_half, inner, n), k_inv_half, n), n);
+        if (!m.use_matrix[h]) {  // the calibration could not show A beats the identity here
+            for (int64_t i = 0; i < n; ++i) {
+                a[(h * n + i) * n + i] = a_inv[(h * n + i) * n + i] = 1.0f;
+            }
+            continue;
+        }
         // A itself, scaled to determinant 1 (any scale is exact; this one keeps keys their size)
+        const spectrum squared = squared_key_matrix(view, n);
         double log_sum = 0.0;
         for (double x : squared.w) {
             log_sum += 0.5 * std::log(x);
@@ -212,7 +265,6 @@ void pyturbo_kv_key_basis(const pyturbo_kv_moments & m, uint32_t n_ctx, std::vec
         const matrix fwd = squared.apply([scale](double x) { return std::sqrt(x) / scale; });
         const matrix inv = squared.apply([scale](double x) { return scale / std::sqrt(x); });
         for (int64_t i = 0; i < n; ++i) {
-            c[h * n + i] = (float) mean[i];
             for (int64_t j = 0; j < n; ++j) {
                 a[(h * n + i) * n + j] = (float) fwd[i * n + j];
                 a_inv[(h * n + i) * n + j] = (float) inv[i * n + j];
@@ -223,10 +275,13 @@ void pyturbo_kv_key_basis(const pyturbo_kv_moments & m, uint32_t n_ctx, std::vec
 
 // -- the pass --------------------------------------------------------------------------------
 
+// The sums of each half of the text (tokens before and after the middle), kept apart so
+// that a matrix fitted to one half can be tried on the other.
 struct calibration_capture {
-    std::vector<pyturbo_kv_moments> layers;
-    std::vector<int64_t> n_keys, n_queries;  // vectors summed per layer (tokens x heads)
-    std::string problem;                     // why the pass cannot give a transform
+    std::vector<pyturbo_kv_moments> halves[2];
+    std::vector<int64_t> n_keys[2], n_queries[2];  // vectors summed per layer (tokens x group heads)
+    int32_t middle = 0;                            // first position of the second half
+    std::string problem;                           // why the pass cannot give a transform
 };
 
 // "Kcur-12" -> ('K', 12); the names llama.cpp's graphs give RoPE-d queries and keys
@@ -275,23 +330,31 @@ static bool read_rope(const ggml_tensor * t, pyturbo_kv_moments & m, std::string
 
 // Adds one RoPE-d Q or K tensor [head, n_heads, n_tokens] of a layer, rotated back to position 0.
 static void add_rope_output(calibration_capture & cap, const ggml_tensor * t, char kind, int il) {
-    if (il < 0 || (size_t) il >= cap.layers.size() || t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t) ||
+    if (il < 0 || (size_t) il >= cap.halves[0].size() || t->type != GGML_TYPE_F32 || !ggml_is_contiguous(t) ||
         t->src[1] == nullptr || t->src[1]->type != GGML_TYPE_I32) {
         cap.problem = "an unexpected Q/K tensor in layer " + std::to_string(il);
         return;
     }
-    pyturbo_kv_moments & m = cap.layers[il];
-    if (m.theta.empty() && !read_rope(t, m, cap.problem)) {
-        return;
+    if (cap.halves[0][il].theta.empty()) {
+        if (!read_rope(t, cap.halves[0][il], cap.problem)) {
+            return;
+        }
+        const auto & first = cap.halves[0][il];
+        cap.halves[1][il].head = first.head;
+        cap.halves[1][il].neox = first.neox;
+        cap.halves[1][il].theta = first.theta;
     }
+    const pyturbo_kv_moments & m = cap.halves[0][il];
     const int64_t n = m.head, n_heads = t->ne[1], n_tokens = t->ne[2];
     if (t->ne[0] != n || (kind == 'K' ? n_heads != m.n_head_kv : n_heads % m.n_head_kv != 0)) {
         cap.problem = "the RoPE-d Q or K of layer " + std::to_string(il) + " is not [head, heads, tokens]";
         return;
     }
-    m.k_mean.resize(m.n_head_kv * n, 0.0);
-    m.k_second.resize(m.n_head_kv * n * n, 0.0);
-    m.q_second.resize(m.n_head_kv * n * n, 0.0);
+    for (auto & half : cap.halves) {
+        half[il].k_mean.resize(m.n_head_kv * n, 0.0);
+        half[il].k_second.resize(m.n_head_kv * n * n, 0.0);
+        half[il].q_second.resize(m.n_head_kv * n * n, 0.0);
+    }
     const std::vector<float> values = tensor_copy<float>(t, ggml_nelements(t));
     const std::vector<int32_t> positions = tensor_copy<int32_t>(t->src[1], n_tokens);
     const int64_t group = n_heads / m.n_head_kv;
@@ -307,19 +370,23 @@ static void add_rope_output(calibration_capture & cap, const ggml_tensor * t, ch
                 x[d0] = cs * row[d0] + sn * row[d1];
                 x[d1] = cs * row[d1] - sn * row[d0];
             }
+            const int half = positions[tok] < cap.middle ? 0 : 1;
+            pyturbo_kv_moments & sums = cap.halves[half][il];
             const int64_t kv = h / group;
-            double * second = (kind == 'K' ? m.k_second.data() : m.q_second.data()) + kv * n * n;
+            double * second = (kind == 'K' ? sums.k_second.data() : sums.q_second.data()) + kv * n * n;
             for (int64_t i = 0; i < n; ++i) {
                 for (int64_t j = 0; j < n; ++j) {
                     second[i * n + j] += x[i] * x[j];
                 }
                 if (kind == 'K') {
-                    m.k_mean[kv * n + i] += x[i];
+                    sums.k_mean[kv * n + i] += x[i];
                 }
+            }
+            if (h == 0) {  // each KV head's sums: over tokens (keys), tokens x group heads (queries)
+                (kind == 'K' ? cap.n_keys : cap.n_queries)[half][il] += group;
             }
         }
     }
-    (kind == 'K' ? cap.n_keys : cap.n_queries)[il] += n_tokens * group;
 }
 
 static bool observe(ggml_tensor * t, bool ask, void * user_data) {
@@ -348,24 +415,62 @@ static std::vector<llama_token> calibration_tokens(const llama_model & model) {
     return tokens;
 }
 
-// Normalizes the sums into moments; the problem, if a layer saw no keys or queries.
-static std::string finish_moments(calibration_capture & cap) {
-    for (size_t il = 0; il < cap.layers.size(); ++il) {
-        auto & m = cap.layers[il];
-        if (cap.n_keys[il] == 0 || cap.n_queries[il] == 0) {
+// Divides a layer's sums by their counts (keys: tokens; queries: tokens x the group's heads).
+static void normalize(pyturbo_kv_moments & m, int64_t n_keys, int64_t n_queries) {
+    for (double & x : m.k_mean) {
+        x /= (double) n_keys;
+    }
+    for (double & x : m.k_second) {
+        x /= (double) n_keys;
+    }
+    for (double & x : m.q_second) {
+        x /= (double) n_queries;
+    }
+}
+
+// Per KV head, whether the matrix A fitted to one half of the text rounds the other half's
+// keys better than the identity, both ways round: with few samples for many channels
+// (isotropic keys, a small model's text) the fit can be noise, and then A = I.
+static std::vector<uint8_t> matrix_pays(const pyturbo_kv_moments & first, const pyturbo_kv_moments & second,
+                                        double n_pos) {
+    // the fit must cut the held-out cost this much: below it, a gain is within the noise
+    static const double REQUIRED_GAIN = 0.9;
+    const int64_t n = first.head;
+    std::vector<uint8_t> pays(first.n_head_kv);
+    for (int64_t h = 0; h < first.n_head_kv; ++h) {
+        const head_view a = view_at_positions(first, h, n_pos), b = view_at_positions(second, h, n_pos);
+        const spectrum fit_a = squared_key_matrix(a, n), fit_b = squared_key_matrix(b, n);
+        const double ratio = 0.5 * (rounding_cost(&fit_a, b, n) / rounding_cost(nullptr, b, n) +
+                                    rounding_cost(&fit_b, a, n) / rounding_cost(nullptr, a, n));
+        pays[h] = ratio < REQUIRED_GAIN;
+    }
+    return pays;
+}
+
+// The moments of the whole text, each head's matrix tried on held-out halves; the problem,
+// if a layer saw no keys or queries.
+static std::string finish_moments(calibration_capture & cap, std::vector<pyturbo_kv_moments> & layers) {
+    layers.assign(cap.halves[0].size(), {});
+    for (size_t il = 0; il < layers.size(); ++il) {
+        auto & first = cap.halves[0][il];
+        auto & second = cap.halves[1][il];
+        if (cap.n_keys[0][il] == 0 || cap.n_keys[1][il] == 0 || cap.n_queries[0][il] == 0 ||
+            cap.n_queries[1][il] == 0) {
             return "no RoPE-d keys and queries named Kcur/Qcur in layer " + std::to_string(il);
         }
-        // per KV head: keys summed over tokens, queries over tokens x the group's heads
-        const double keys = (double) cap.n_keys[il], queries = (double) cap.n_queries[il];
-        for (double & x : m.k_mean) {
-            x /= keys;
+        pyturbo_kv_moments & all = layers[il];
+        all = first;
+        for (size_t i = 0; i < all.k_mean.size(); ++i) {
+            all.k_mean[i] += second.k_mean[i];
         }
-        for (double & x : m.k_second) {
-            x /= keys;
+        for (size_t i = 0; i < all.k_second.size(); ++i) {
+            all.k_second[i] += second.k_second[i];
+            all.q_second[i] += second.q_second[i];
         }
-        for (double & x : m.q_second) {
-            x /= queries;
-        }
+        normalize(all, cap.n_keys[0][il] + cap.n_keys[1][il], cap.n_queries[0][il] + cap.n_queries[1][il]);
+        normalize(first, cap.n_keys[0][il], cap.n_queries[0][il]);
+        normalize(second, cap.n_keys[1][il], cap.n_queries[1][il]);
+        all.use_matrix = matrix_pays(first, second, cap.middle);
     }
     return "";
 }
@@ -373,7 +478,7 @@ static std::string finish_moments(calibration_capture & cap) {
 // -- the cache on disk: one pass per model file, not per process ----------------------------
 
 // Changes whenever the text, the pass or the file layout does.
-static const char CACHE_FORMAT[32] = "pyturbo kv-calibration 1";
+static const char CACHE_FORMAT[32] = "pyturbo kv-calibration 2";
 
 static uint64_t fnv1a(uint64_t hash, const void * data, size_t n) {
     const auto * bytes = (const uint8_t *) data;
@@ -460,6 +565,7 @@ static void save_moments(const std::filesystem::path & path, const std::vector<p
             write_values(out, m.k_mean);
             write_values(out, m.k_second);
             write_values(out, m.q_second);
+            write_values(out, m.use_matrix);
         }
         if (!out) {
             std::filesystem::remove(partial, error);
@@ -492,7 +598,8 @@ static bool load_moments(const std::filesystem::path & path, const llama_model &
         m.neox = shape[2] != 0;
         const size_t n = m.head, n_kv = m.n_head_kv;
         if (!read_values(in, m.theta, n / 2) || !read_values(in, m.k_mean, n_kv * n) ||
-            !read_values(in, m.k_second, n_kv * n * n) || !read_values(in, m.q_second, n_kv * n * n)) {
+            !read_values(in, m.k_second, n_kv * n * n) || !read_values(in, m.q_second, n_kv * n * n) ||
+            !read_values(in, m.use_matrix, n_kv)) {
             return false;
         }
     }
@@ -502,12 +609,15 @@ static bool load_moments(const std::filesystem::path & path, const llama_model &
 static std::vector<pyturbo_kv_moments> run_calibration(const llama_model & model,
                                                        const std::vector<llama_token> & tokens, int n_threads) {
     calibration_capture cap;
-    cap.layers.resize(model.hparams.n_layer());
-    for (size_t il = 0; il < cap.layers.size(); ++il) {
-        cap.layers[il].n_head_kv = model.hparams.n_head_kv(il);
+    cap.middle = (int32_t) tokens.size() / 2;
+    for (int half = 0; half < 2; ++half) {
+        cap.halves[half].resize(model.hparams.n_layer());
+        for (size_t il = 0; il < cap.halves[half].size(); ++il) {
+            cap.halves[half][il].n_head_kv = model.hparams.n_head_kv(il);
+        }
+        cap.n_keys[half].assign(cap.halves[half].size(), 0);
+        cap.n_queries[half].assign(cap.halves[half].size(), 0);
     }
-    cap.n_keys.assign(cap.layers.size(), 0);
-    cap.n_queries.assign(cap.layers.size(), 0);
 
     llama_context_params params = llama_context_default_params();
     params.n_ctx = (uint32_t) tokens.size();
@@ -531,14 +641,22 @@ static std::vector<pyturbo_kv_moments> run_calibration(const llama_model & model
     if (rc != 0) {
         cap.problem = "the calibration pass failed (llama_decode " + std::to_string(rc) + ")";
     }
+    std::vector<pyturbo_kv_moments> layers;
     if (cap.problem.empty()) {
-        cap.problem = finish_moments(cap);
+        cap.problem = finish_moments(cap, layers);
     }
     if (!cap.problem.empty()) {
         LLAMA_LOG_WARN("%s: %s: weights only\n", __func__, cap.problem.c_str());
         return {};
     }
-    return cap.layers;
+    size_t n_heads = 0, n_fitted = 0;
+    for (const auto & m : layers) {
+        n_heads += m.use_matrix.size();
+        n_fitted += std::count(m.use_matrix.begin(), m.use_matrix.end(), 1);
+    }
+    LLAMA_LOG_INFO("%s: %zu of %zu KV heads round better with the fitted matrix on held-out text (the rest: "
+                   "centering only)\n", __func__, n_fitted, n_heads);
+    return layers;
 }
 
 std::vector<pyturbo_kv_moments> pyturbo_kv_calibrate(const llama_model & model, int n_threads) {

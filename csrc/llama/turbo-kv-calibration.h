@@ -36,6 +36,7 @@ struct pyturbo_kv_moments {
     std::vector<double> k_mean;    // [n_head_kv][head]
     std::vector<double> k_second;  // [n_head_kv][head][head]  E[k k^T]
     std::vector<double> q_second;  // [n_head_kv][head][head]  E[q q^T] over the heads of the group
+    std::vector<uint8_t> use_matrix;  // [n_head_kv] the fitted A held up on held-out text (else A = I)
 };
 
 // Runs the model over the calibration text with no transforms; one entry per layer, or
