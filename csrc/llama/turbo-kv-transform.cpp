@@ -33,7 +33,7 @@
 // K q4_0 / V q8_0, with the bias residual in |k_j|): 0.35 0.064, 0.5 0.059, 0.75 0.065, 1.0 0.126.
 static const double EQUALIZE_ALPHA = 0.5;
 
-// One layer's transform tensors (F32, in a CPU buffer); nullptr where a transform is off.
+// One layer's transform tensors (F32, where the layer's weights are); nullptr where a transform is off.
 struct pyturbo_kvt_layer {
     ggml_tensor * k_inv_scale = nullptr; // [head_k, n_head_kv]  1 / s
     ggml_tensor * k_offset    = nullptr; // [head_k, n_head_kv]  c_k / s, or c_k before k_matrix
@@ -73,14 +73,52 @@ static const int64_t V_ROTATION_SIZE = 64;
 struct pyturbo_kv_transform {
     int32_t flags = 0;
     std::vector<pyturbo_kvt_layer> layers;
-    ggml_context * ctx = nullptr;
-    ggml_backend_buffer_t buffer = nullptr;
+    // each layer's tensors live where its weights do (a GPU's memory, else host memory), so
+    // that the ops using them run beside the layer's other ops: one context per buffer type
+    std::map<ggml_backend_buffer_type_t, ggml_context *> contexts;
+    std::vector<ggml_backend_buffer_t> buffers;
 
     ~pyturbo_kv_transform() {
-        ggml_backend_buffer_free(buffer);
-        ggml_free(ctx);
+        for (ggml_backend_buffer_t buffer : buffers) {
+            ggml_backend_buffer_free(buffer);
+        }
+        for (auto & entry : contexts) {
+            ggml_free(entry.second);
+        }
+    }
+
+    ggml_context * context_for(ggml_backend_buffer_type_t buft, size_t n_tensors) {
+        ggml_context *& ctx = contexts[buft];
+        if (ctx == nullptr) {
+            ggml_init_params params = { ggml_tensor_overhead() * n_tensors, nullptr, true };
+            ctx = ggml_init(params);
+        }
+        return ctx;
+    }
+
+    void allocate() {
+        for (auto & entry : contexts) {
+            if (ggml_get_first_tensor(entry.second) != nullptr) {
+                buffers.push_back(ggml_backend_alloc_ctx_tensors_from_buft(entry.second, entry.first));
+                GGML_ASSERT(buffers.back() != nullptr);
+            }
+        }
     }
 };
+
+// Where a layer's transform tensors go: its K weights' device if that is not the CPU
+// (a CPU's own buffer types may repack what they hold), else plain host memory.
+static ggml_backend_buffer_type_t layer_buffer_type(const llama_model & model, int il) {
+    const ggml_tensor * w = model.layers[il].wk;
+    if (w != nullptr && w->buffer != nullptr) {
+        ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(w->buffer);
+        ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+        if (dev != nullptr && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
+            return buft;
+        }
+    }
+    return ggml_backend_cpu_buffer_type();
+}
 
 // -- what a model allows ----------------------------------------------------------------
 
@@ -552,47 +590,45 @@ static std::unique_ptr<pyturbo_kv_transform> build_transform(const llama_model &
     t->flags = flags;
     const bool calibrated = flags & PYTURBO_KVT_K_CALIBRATE;
     const uint32_t n_layer = hp.n_layer();
-    ggml_init_params params = { ggml_tensor_overhead() * (12 * n_layer + 1), nullptr, true };
-    t->ctx = ggml_init(params);
     t->layers.resize(n_layer);
     for (uint32_t il = 0; il < n_layer; ++il) {
         auto & L = t->layers[il];
+        ggml_context * ctx = t->context_for(layer_buffer_type(model, il), 12 * n_layer);
         const int64_t head = hp.n_embd_head_k(il);
         L.n_head = hp.n_head(il);
         L.n_head_kv = hp.n_head_kv(il);
         if (calibrated) {
-            L.k_offset = new_matrix(t->ctx, head, L.n_head_kv);
-            L.k_matrix = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
-            L.q_matrix = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
+            L.k_offset = new_matrix(ctx, head, L.n_head_kv);
+            L.k_matrix = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
+            L.q_matrix = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
             L.k_rot_size = rotation.k ? k_rotation_size(head) : 0;
             if (L.k_rot_size) {
-                L.k_rot_matrix = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
-                L.q_rot_matrix = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
+                L.k_rot_matrix = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
+                L.q_rot_matrix = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head, head, L.n_head_kv);
             }
         }
         if (!calibrated && (flags & PYTURBO_KVT_K_EQUALIZE)) {
-            L.k_inv_scale = new_matrix(t->ctx, head, L.n_head_kv);
-            L.q_scale = new_matrix(t->ctx, head, L.n_head_kv);
+            L.k_inv_scale = new_matrix(ctx, head, L.n_head_kv);
+            L.q_scale = new_matrix(ctx, head, L.n_head_kv);
         }
         if (!calibrated && (flags & PYTURBO_KVT_K_CENTER)) {
-            L.k_offset = new_matrix(t->ctx, head, L.n_head_kv);
+            L.k_offset = new_matrix(ctx, head, L.n_head_kv);
         }
         if (flags & PYTURBO_KVT_V_CENTER) {
-            L.v_offset = new_matrix(t->ctx, hp.n_embd_head_v(il), L.n_head_kv);
+            L.v_offset = new_matrix(ctx, hp.n_embd_head_v(il), L.n_head_kv);
         }
         if (flags & PYTURBO_KVT_V_EQUALIZE) {
             const int64_t head_v = hp.n_embd_head_v(il);
-            L.v_inv_scale = new_matrix(t->ctx, head_v, L.n_head_kv);
-            L.v_scale = new_matrix(t->ctx, head_v, L.n_head_kv);
+            L.v_inv_scale = new_matrix(ctx, head_v, L.n_head_kv);
+            L.v_scale = new_matrix(ctx, head_v, L.n_head_kv);
             L.v_rot_size = rotation.v && head_v % V_ROTATION_SIZE == 0 ? V_ROTATION_SIZE : 0;
             if (L.v_rot_size) {
-                L.v_rot_in = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head_v, head_v, L.n_head_kv);
-                L.v_rot_out = ggml_new_tensor_3d(t->ctx, GGML_TYPE_F32, head_v, head_v, L.n_head_kv);
+                L.v_rot_in = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_v, head_v, L.n_head_kv);
+                L.v_rot_out = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_v, head_v, L.n_head_kv);
             }
         }
     }
-    t->buffer = ggml_backend_alloc_ctx_tensors_from_buft(t->ctx, ggml_backend_cpu_buffer_type());
-    GGML_ASSERT(t->buffer != nullptr);
+    t->allocate();
 
     if (calibrated) {
         set_calibrated_key_transforms(moments, cparams.n_ctx, t->layers, cparams.n_threads);
