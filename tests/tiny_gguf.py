@@ -22,7 +22,9 @@ def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: 
     projection biases the way Qwen2 has them: K's with outliers of size `bias` in the
     lowest-frequency RoPE channels (see qwen2_biases).
     qk_gain scales W_q and W_k: larger scores, sharper attention, more sensitive to K errors.
-    arch="qwen3" adds Qwen3's per-head Q/K RMS norms (gains around 1, a few channels 8x).
+    arch="qwen3" adds Qwen3's per-head Q/K RMS norms (gains around 1, a few channels 8x);
+    arch="gemma3" those and Gemma 3's post-attention/post-FFN norms, with a sliding window
+    of 64 tokens on every layer but each sixth (llama.cpp's Gemma 3 pattern).
     """
     rng = np.random.default_rng(seed)
     head_size = n_embd // n_head
@@ -36,6 +38,8 @@ def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: 
     writer.add_name(f"tiny-test-{arch}")
     add_hyperparameters(writer, n_ctx_train, n_embd, n_layer, n_ff, n_head, n_head_kv, head_size)
     writer.add_layer_norm_rms_eps(1e-5)
+    if arch == "gemma3":
+        writer.add_sliding_window(64)
     writer.add_file_type(0)  # all f32
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
@@ -60,12 +64,16 @@ def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: 
     if bias:
         for name, values in qwen2_biases(rng, n_layer, n_head, n_head_kv, head_size, bias):
             writer.add_tensor(name, values)
-    if arch == "qwen3":
+    if arch in ("qwen3", "gemma3"):
         for i in range(n_layer):
             for name in ("attn_q_norm", "attn_k_norm"):
                 gains = (1.0 + 0.1 * rng.standard_normal(head_size)).astype(np.float32)
                 gains[rng.choice(head_size, 3, replace=False)] *= 8.0
                 writer.add_tensor(f"blk.{i}.{name}.weight", gains)
+    if arch == "gemma3":
+        for i in range(n_layer):
+            for name in ("post_attention_norm", "post_ffw_norm"):
+                writer.add_tensor(f"blk.{i}.{name}.weight", np.ones(n_embd, dtype=np.float32))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
