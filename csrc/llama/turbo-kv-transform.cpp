@@ -270,6 +270,19 @@ static int64_t rope_partner(const llama_hparams & hp, int il, int64_t d) {
     return d ^ 1;
 }
 
+// Scales s[0..n) to a geometric mean of 1 (any common factor is exact; this one keeps
+// the cached values their size).
+static void to_unit_geometric_mean(float * s, int64_t n) {
+    double log_sum = 0.0;
+    for (int64_t d = 0; d < n; ++d) {
+        log_sum += std::log((double) s[d]);
+    }
+    const double mean = std::exp(log_sum / n);
+    for (int64_t d = 0; d < n; ++d) {
+        s[d] = (float) (s[d] / mean);
+    }
+}
+
 // s of one layer, [head][n_head_kv], from per-channel energies of K (n_head_kv heads) and
 // Q (n_head heads, averaged over each KV head's group); normalized to a geometric mean of 1.
 static std::vector<float> equalization_scales(const llama_hparams & hp, int il, const std::vector<double> & k_energy,
@@ -286,19 +299,13 @@ static std::vector<float> equalization_scales(const llama_hparams & hp, int il, 
                 rq[d] += q_energy[per_head_shared ? d : (h * group + m) * head + d] / group;
             }
         }
-        double log_sum = 0.0;
         for (int64_t d = 0; d < head; ++d) {
             const int64_t p = rope_partner(hp, il, d);
             const double pair_k = rk[d] + (p != d ? rk[p] : 0.0);
             const double pair_q = rq[d] + (p != d ? rq[p] : 0.0);
-            const double value = pair_k > 0.0 && pair_q > 0.0 ? std::pow(pair_k / pair_q, EQUALIZE_ALPHA / 2) : 1.0;
-            s[h * head + d] = (float) value;
-            log_sum += std::log(value);
+            s[h * head + d] = (float) (pair_k > 0.0 && pair_q > 0.0 ? std::pow(pair_k / pair_q, EQUALIZE_ALPHA / 2) : 1.0);
         }
-        const double mean = std::exp(log_sum / head);
-        for (int64_t d = 0; d < head; ++d) {
-            s[h * head + d] = (float) (s[h * head + d] / mean);
-        }
+        to_unit_geometric_mean(&s[h * head], head);
     }
     return s;
 }
@@ -398,21 +405,15 @@ static std::vector<float> value_scales(const llama_model & model, int il) {
     const std::vector<double> w_o = input_channel_energy(layer.wo);
     std::vector<float> s(head * n_head_kv, 1.0f);
     for (int64_t h = 0; h < n_head_kv; ++h) {
-        double log_sum = 0.0;
         for (int64_t d = 0; d < head; ++d) {
             double out = 0.0;  // the query heads of this KV head all read channel d
             for (int64_t m = 0; m < group; ++m) {
                 out += w_o[(h * group + m) * head + d];
             }
             const double r = r_v[h * head + d];
-            const double value = r > 0.0 && out > 0.0 ? std::pow(r / out, 0.25) : 1.0;
-            s[h * head + d] = (float) value;
-            log_sum += std::log(value);
+            s[h * head + d] = (float) (r > 0.0 && out > 0.0 ? std::pow(r / out, 0.25) : 1.0);
         }
-        const double mean = std::exp(log_sum / head);
-        for (int64_t d = 0; d < head; ++d) {
-            s[h * head + d] = (float) (s[h * head + d] / mean);
-        }
+        to_unit_geometric_mean(&s[h * head], head);
     }
     return s;
 }
