@@ -131,11 +131,14 @@ def auto_choice(header: GGUFHeader, n_layer: int) -> AutoChoice:
     out_proj = all(_per_layer_tensor(header, n_layer, "attn_output.weight"))
     values = V_EQUALIZE if norm_gain and out_proj else 0
     if _full_rope(header):
-        keys, why = K_CALIBRATE, "keys and queries measured in one pass over a built-in text"
+        keys, why = K_CALIBRATE, ("quantized K centered and equalized from one pass over a built-in text "
+                                  "(once per model file)")
     elif k_norms:
-        keys, why = K_CENTER | K_EQUALIZE, "RoPE rules calibration out; k_proj biases give the offset instead"
+        keys, why = K_CENTER | K_EQUALIZE, "RoPE rules calibration out; k_proj biases give the key offset instead"
     else:
         keys, why = 0, "RoPE rules calibration out and there is no k_proj bias: keys as they are"
+    if values:
+        why += ", quantized V equalized from W_v and W_o"
     if k_norms:
         top = sorted(range(n_layer), key=lambda il: -k_norms[il])[:3]
         why += ("; k_proj biases put a fixed offset into every key: largest norms "
