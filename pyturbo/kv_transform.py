@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .geometry import model_geometry
 from .gguf import GGUFHeader, tensor_data
 
 # Bits of the C side's flags (csrc/llama/turbo-kv-transform.h).
@@ -106,14 +107,8 @@ def _per_layer_tensor(header: GGUFHeader, n_layer: int, suffix: str) -> list:
 def _full_rope(header: GGUFHeader) -> bool:
     """RoPE turns every channel of a key head, and no logit soft-cap bends the scores (what
     calibration needs)."""
-    arch = header.metadata.get("general.architecture", "")
-    key_length = header.metadata.get(f"{arch}.attention.key_length")
-    n_embd, n_head = header.metadata.get(f"{arch}.embedding_length"), header.metadata.get(f"{arch}.attention.head_count")
-    if key_length is None and isinstance(n_embd, int) and isinstance(n_head, int) and n_head > 0:
-        key_length = n_embd // n_head
-    rope_dims = header.metadata.get(f"{arch}.rope.dimension_count", key_length)
-    soft_cap = header.metadata.get(f"{arch}.attn_logit_softcapping")
-    return key_length is not None and rope_dims == key_length and not soft_cap
+    head_k = model_geometry(header).head_size_k
+    return header.get("rope.dimension_count", head_k) == head_k and not header.get("attn_logit_softcapping")
 
 
 def auto_choice(header: GGUFHeader, n_layer: int) -> AutoChoice:
