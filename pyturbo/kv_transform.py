@@ -18,7 +18,11 @@ stores (csrc/llama/turbo-kv-transform.h and turbo-kv-calibration.h have the arit
 
 llama.cpp applies them in the attention graph, on every backend, with context shift
 kept exact. ``"auto"`` (the default everywhere, the llama-cpp-python drop-in
-included) takes k_calibrate and v_equalize wherever the model allows them: they cut
+included) takes k_calibrate and v_equalize wherever the model allows them, for the
+quantized side of a cache only, for keys of 8 bits or more only where k_proj
+biases offset every key (Qwen2.5: q8_0/q8_0 6x better; without biases 8-bit keys
+measured the same, -4%..+3%), and V equalization only with transformed keys (on
+its own it moved SmolLM2 by -4%..+2%; with them it took another 6-7% off): they cut
 4-bit K/V KLD about 2x on SmolLM2 and 30x on Qwen2.5, whose k_proj biases put fixed
 outliers into every key (k_center+k_equalize stand in where RoPE rules calibration
 out and such biases exist). V centering is never automatic: it made Qwen2.5 worse
@@ -132,8 +136,10 @@ def auto_choice(header: GGUFHeader, n_layer: int) -> AutoChoice:
         keys, why = K_CENTER | K_EQUALIZE, "RoPE rules calibration out; k_proj biases give the key offset instead"
     else:
         keys, why = 0, "RoPE rules calibration out and there is no k_proj bias: keys as they are"
+    if keys and not k_norms:
+        why += " for K below 8 bits (8-bit keys round finely enough where no k_proj bias offsets them)"
     if values:
-        why += ", quantized V equalized from W_v and W_o"
+        why += ", and then quantized V equalized from W_v and W_o (alone it did not pay)"
     if k_norms:
         top = sorted(range(n_layer), key=lambda il: -k_norms[il])[:3]
         why += ("; k_proj biases put a fixed offset into every key: largest norms "

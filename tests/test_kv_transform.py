@@ -63,7 +63,14 @@ def test_auto_calibrates_keys_and_equalizes_values_where_the_model_allows(qwen, 
 
 def test_auto_transforms_only_the_quantized_side(qwen):
     assert score(qwen, "q8_0", "f16")[1] == "k_calibrate"
-    assert score(qwen, "f16", "turbo3")[1] == "v_equalize"
+    # V equalization goes with transformed keys only (on its own it measured as noise)
+    assert score(qwen, "f16", "turbo3")[1] == "off"
+
+
+def test_auto_leaves_8_bit_keys_alone_without_k_proj_biases(qwen, tiny_model):
+    assert score(qwen, "q8_0", "turbo3")[1] == AUTO_QWEN      # biases: calibrated, 6x better at q8_0
+    assert score(tiny_model, "q8_0", "turbo3")[1] == "off"    # none: 8-bit keys (and so V) as they are
+    assert score(tiny_model, "q5_0", "turbo3")[1] == "k_calibrate+v_equalize"
     # an F16 cache is left exactly as it was: same graph, same logits
     plain, applied = score(qwen, kv_transform="auto")
     assert applied == "off"
