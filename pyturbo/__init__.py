@@ -21,6 +21,7 @@ from .cache_types import (
 from .context import Context, GenerationStats
 from .errors import (
     CacheTypeError,
+    ContextBusyError,
     ContextError,
     ContextOverflowError,
     DownloadError,
@@ -28,7 +29,9 @@ from .errors import (
     LibraryError,
     ModelNotFoundError,
     PyturboError,
+    PyturboWarning,
     QuantizeError,
+    StateError,
     WeightTypeError,
 )
 from .model import Model
@@ -40,5 +43,6 @@ __all__ = [
     "Model", "Context", "GenerationStats", "CacheType", "cache_types", "cache_type",
     "default_model", "cache_dir", "GGML_TYPE_TURBO2", "GGML_TYPE_TURBO3", "GGML_TYPE_TURBO4",
     "PyturboError", "LibraryError", "ModelNotFoundError", "InvalidModelError", "CacheTypeError",
-    "ContextError", "ContextOverflowError", "DownloadError", "QuantizeResult", "QuantizeError", "WeightTypeError",
+    "ContextError", "ContextOverflowError", "ContextBusyError", "StateError", "PyturboWarning", "DownloadError",
+    "QuantizeResult", "QuantizeError", "WeightTypeError",
 ]

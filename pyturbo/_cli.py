@@ -52,6 +52,11 @@ def add_kv_transform_flag(parser: argparse.ArgumentParser) -> None:
                              "see pyturbo.kv_transform")
 
 
+def add_swa_full_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--swa-full", dest="swa_full", action="store_true",
+                        help="full-size cache for sliding-window layers (default: the window only, as llama.cpp)")
+
+
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-t", "--threads", dest="threads", type=int, default=None,
                         help="CPU threads (default: all available)")

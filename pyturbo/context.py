@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from . import _native
+from . import _native, state
 from ._allocation_log import parse_allocation_log
 from ._native import ffi, llama
-from .cache_types import cache_type, check_cache, flash_attn_mode
-from .errors import ContextError, ContextOverflowError, PyturboError
+from .allocation import check_context_limits
+from .cache_types import cache_type, check_cache, flash_attn_enabled, flash_attn_mode
+from .errors import ContextBusyError, ContextError, ContextOverflowError, StateError
 from .kv_transform import NO_REQUEST as KV_TRANSFORM_NO_REQUEST
 from .kv_transform import describe as describe_kv_transform
 from .kv_transform import parse as kv_transform_flags
+
+
+# Tokens a context shift always keeps at the start (llama.cpp's --keep 1: the BOS/system start).
+SHIFT_KEEP = 1
 
 
 def default_threads() -> int:
@@ -54,12 +61,26 @@ class Context(_native.NativeObject):
     K/V transforms that help this model, see pyturbo.kv_transform), 'off', or
     transform names joined by '+'; `self.kv_transform` says what applies. Free it
     with close() or `with`.
+
+    swa_full: on sliding-window models (Gemma-3, ...) the window layers keep only
+    the window's cells by default, as llama.cpp's tools do (and as pyturbo.memory
+    and fit plan for); True keeps every cell, which costs memory but lets a prompt
+    that shares a long prefix with the cache reuse it instead of re-evaluating.
+
+    A Context is for one thread at a time (contexts on one Model may run in
+    parallel threads): a call while another thread is inside one raises
+    ContextBusyError. Creation refuses, before llama.cpp allocates, a context whose
+    caches and buffers exceed the memory available, and warns when n_ctx is beyond
+    the model's training context.
     """
 
     def __init__(self, model, n_ctx: int = 4096, cache_k: str = "f16", cache_v: str = "f16",
                  flash_attn: "str | bool" = "auto", n_threads: "int | None" = None, seed: int = 0,
-                 n_batch: int = 512, n_ubatch: int = 512, kv_transform: "str | int" = "auto") -> None:
+                 n_batch: int = 512, n_ubatch: int = 512, kv_transform: "str | int" = "auto",
+                 swa_full: bool = False) -> None:
         self.model = model
+        self._busy = threading.Lock()
+        self.swa_full = bool(swa_full)
         transform_request = kv_transform_flags(kv_transform)
         self.cache_k = cache_type(cache_k)
         self.cache_v = cache_type(cache_v)
@@ -67,6 +88,9 @@ class Context(_native.NativeObject):
         if n_ctx < 0:
             raise ValueError(f"n_ctx must be >= 0 (0 = the model's training context), got {n_ctx}")
         check_cache(self.cache_k, self.cache_v, self.flash_attn, model.geometry)
+        check_context_limits(model.geometry, model.path.name, n_ctx, self.cache_k, self.cache_v,
+                             flash_attn_enabled(self.flash_attn), swa_full=self.swa_full, n_batch=n_batch,
+                             n_ubatch=n_ubatch, host_only=not getattr(model, "n_gpu_layers", 0))
         self.n_threads = n_threads or default_threads()
         self.seed = seed
 
@@ -79,6 +103,7 @@ class Context(_native.NativeObject):
         params.flash_attn_type = self.flash_attn
         params.type_k = self.cache_k.type_id
         params.type_v = self.cache_v.type_id
+        params.swa_full = self.swa_full
         with _native.captured_log() as log:
             # the request is for this thread's next context: this one
             llama.pyturbo_kv_transform_request(transform_request)
@@ -96,7 +121,25 @@ class Context(_native.NativeObject):
         allocation = parse_allocation_log(line for _, line in log)
         self._kv_bytes = {"k": allocation.kv_k, "v": allocation.kv_v}
         self._cached: list[int] = []  # tokens whose K/V are in the cache (sequence 0)
+        self._n_dropped = 0  # tokens context shifts took out of the text the cache stands for
         self.last_stats = GenerationStats()
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """Hold the context for one call; a second thread is refused, not left to race in C."""
+        if not self._busy.acquire(blocking=False):
+            raise ContextBusyError("this Context is in use by another thread; give each thread its own "
+                                   "Context (they can share one Model)")
+        try:
+            self.handle  # raises when closed
+            yield
+        finally:
+            self._busy.release()
+
+    def close(self) -> None:
+        """Free the context. A call running in another thread finishes first. Safe to call twice."""
+        with self._busy:
+            super().close()
 
     def __repr__(self) -> str:
         return (f"<pyturbo.Context n_ctx={self.n_ctx if not self.closed else '?'} "
@@ -121,50 +164,55 @@ class Context(_native.NativeObject):
     # -- text <-> tokens ------------------------------------------------------------
 
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        while True:
-            buf = ffi.new("llama_token[]", capacity)
-            n = llama.llama_tokenize(self.model.vocab, data, len(data), buf, capacity,
-                                     add_special, parse_special)
-            if n >= 0:
-                return list(buf[0:n])
-            capacity = -n
+        return self.model.tokenize(text, add_special, parse_special)
 
     def detokenize(self, tokens: Sequence[int], remove_special: bool = False,
                    unparse_special: bool = False) -> str:
-        ids = ffi.new("llama_token[]", list(tokens))
-        capacity = len(tokens) * 16 + 16
-        while True:
-            buf = ffi.new("char[]", capacity)
-            n = llama.llama_detokenize(self.model.vocab, ids, len(tokens), buf, capacity,
-                                       remove_special, unparse_special)
-            if n >= 0:
-                return ffi.unpack(buf, n).decode("utf-8", "replace")
-            capacity = -n
+        return self.model.detokenize(tokens, remove_special, unparse_special)
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes one token stands for (may be part of a UTF-8 character)."""
-        capacity = 64
-        while True:
-            buf = ffi.new("char[]", capacity)
-            n = llama.llama_token_to_piece(self.model.vocab, token, buf, capacity, 0, False)
-            if n >= 0:
-                return ffi.unpack(buf, n)
-            capacity = -n
+        return self.model.token_bytes(token)
 
     # -- evaluation -----------------------------------------------------------------
 
     def reset(self) -> None:
         """Empty the KV cache."""
+        with self._exclusive():
+            self._clear()
+
+    def _clear(self) -> None:
         llama.llama_memory_clear(self._memory, True)
         self._cached = []
+        self._n_dropped = 0
 
-    def _decode(self, tokens: Sequence[int]) -> None:
-        """Append tokens to the cache (sequence 0), n_batch at a time."""
-        step = self.n_batch
+    @property
+    def cached_tokens(self) -> list[int]:
+        """The tokens whose K/V the cache holds, in order. After a context shift that is the
+        first SHIFT_KEEP tokens and the most recent ones: pass it plus new tokens to
+        generate() to go on from the cache without evaluating anything again."""
+        return list(self._cached)
+
+    def _window_lost(self, n_keep: int) -> bool:
+        """Whether, after cutting the cache back to n_keep tokens, a sliding-window cache
+        lacks the window before n_keep (its cells were reused as the context went on)."""
+        n_swa = self.model.geometry.n_swa
+        if not n_swa or self.swa_full or n_keep == 0:
+            return False
+        return llama.llama_memory_seq_pos_min(self._memory, 0) > max(0, n_keep - n_swa)
+
+    def _decode(self, tokens: Sequence[int], context_shift: bool = False) -> None:
+        """Append tokens to the cache (sequence 0), n_batch at a time; with context_shift,
+        tokens that do not fit push the older ones out (see _shift_out)."""
+        # a shift frees half of the cells after SHIFT_KEEP: chunks no larger always fit after one
+        step = min(self.n_batch, max(1, (self.n_ctx - SHIFT_KEEP) // 2)) if context_shift else self.n_batch
         for start in range(0, len(tokens), step):
             chunk = list(tokens[start:start + step])
+            if len(self._cached) + len(chunk) > self.n_ctx:
+                if not context_shift:
+                    raise ContextOverflowError(f"{len(self._cached)} cached + {len(chunk)} new tokens do not "
+                                               f"fit a context of {self.n_ctx}")
+                self._shift_out()
             ids = ffi.new("llama_token[]", chunk)
             with _native.captured_log() as log:
                 status = llama.llama_decode(self.handle, llama.llama_batch_get_one(ids, len(chunk)))
@@ -176,18 +224,26 @@ class Context(_native.NativeObject):
 
     def truncate(self, n_tokens: int) -> None:
         """Keep only the first n_tokens of the cache (sequence 0)."""
-        if n_tokens < len(self._cached):
-            if not llama.llama_memory_seq_rm(self._memory, 0, n_tokens, -1):
-                raise ContextError(f"llama.cpp could not drop the cache after position {n_tokens}")
-            del self._cached[n_tokens:]
+        with self._exclusive():
+            if n_tokens >= len(self._cached):
+                return
+            kept = self._cached[:n_tokens]
+            n_dropped = self._n_dropped if n_tokens > SHIFT_KEEP else 0
+            if not llama.llama_memory_seq_rm(self._memory, 0, n_tokens, -1) or self._window_lost(n_tokens):
+                self._clear()  # the sliding window before n_tokens is gone: evaluate them again
+            else:
+                del self._cached[n_tokens:]
+            self._decode(kept[len(self._cached):])
+            self._n_dropped = n_dropped
 
     def decode(self, tokens: Sequence[int]) -> None:
         """Evaluate tokens after those already in the cache (only the last one's logits are kept)."""
-        if len(self._cached) + len(tokens) > self.n_ctx:
-            raise ContextOverflowError(
-                f"{len(self._cached)} cached + {len(tokens)} new tokens do not fit a context of {self.n_ctx}")
-        self._decode(tokens)
-        llama.llama_synchronize(self.handle)
+        with self._exclusive():
+            if len(self._cached) + len(tokens) > self.n_ctx:
+                raise ContextOverflowError(
+                    f"{len(self._cached)} cached + {len(tokens)} new tokens do not fit a context of {self.n_ctx}")
+            self._decode(tokens)
+            llama.llama_synchronize(self.handle)
 
     def score(self, tokens: Sequence[int], first_output: int = 0):
         """Logits after each of tokens[first_output:], evaluated from an empty cache.
@@ -195,13 +251,17 @@ class Context(_native.NativeObject):
         Returns a float32 numpy array of shape (len(tokens) - first_output, n_vocab):
         row i holds the logits predicting tokens[first_output + i + 1].
         """
-        import numpy as np
-
         if len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"{len(tokens)} tokens do not fit a context of {self.n_ctx}")
         if not 0 <= first_output < len(tokens):
             raise ValueError(f"first_output must lie in [0, {len(tokens)}), got {first_output}")
-        self.reset()
+        with self._exclusive():
+            return self._score(tokens, first_output)
+
+    def _score(self, tokens, first_output):
+        import numpy as np
+
+        self._clear()
         n_vocab = self.model.n_vocab
         rows = []
         batch = llama.llama_batch_init(self.n_batch, 0, 1)
@@ -220,7 +280,7 @@ class Context(_native.NativeObject):
                 with _native.captured_log() as log:
                     status = llama.llama_decode(self.handle, batch)
                 if status != 0:
-                    self.reset()
+                    self._clear()
                     reason = _native.last_problem(log) or f"llama_decode returned {status}"
                     raise ContextError(f"could not evaluate {len(chunk)} tokens: {reason}")
                 self._cached.extend(chunk)
@@ -231,29 +291,48 @@ class Context(_native.NativeObject):
             llama.llama_batch_free(batch)
         return np.concatenate(rows)
 
-    def _load_prompt(self, tokens: list[int]) -> int:
-        """Make the cache hold exactly `tokens`, reusing the common prefix; returns tokens evaluated."""
-        keep = 0
-        for cached, new in zip(self._cached, tokens):
-            if cached != new:
-                break
-            keep += 1
-        keep = min(keep, len(tokens) - 1)  # re-evaluate the last token to get its logits
-        if keep < len(self._cached):
-            if not llama.llama_memory_seq_rm(self._memory, 0, keep, -1):
-                self.reset()
-                keep = 0
-            self._cached = self._cached[:keep]
-        self._decode(tokens[keep:])
-        return len(tokens) - keep
+    def _reusable(self, tokens: list[int]) -> "tuple[int, int, int]":
+        """(cells of the cache to keep, index in `tokens` where evaluation resumes, tokens
+        the kept cells skip).
 
-    def _shift_out(self, n_keep: int) -> None:
-        """Context shift: drop half of the tokens after the first n_keep and slide the rest back."""
+        After context shifts the cache stands for a text of which it holds the first
+        SHIFT_KEEP tokens and the end, _n_dropped tokens later. `tokens` may repeat
+        that text (a chat's history) or what the cache holds (cached_tokens), each
+        with more after it; the cells that match either reading are kept. The last
+        token is always evaluated again, for its logits.
+        """
+        cached, skip = self._cached, self._n_dropped
+        matched = 0
+        if skip and tokens[:SHIFT_KEEP] == cached[:SHIFT_KEEP]:
+            matched = SHIFT_KEEP + _common_prefix(tokens[SHIFT_KEEP + skip:], cached[SHIFT_KEEP:])
+        if matched <= SHIFT_KEEP:
+            matched, skip = _common_prefix(tokens, cached), 0
+        resume = matched + skip
+        if resume >= len(tokens):  # nothing new: evaluate the last token again
+            matched, resume = matched - 1, len(tokens) - 1
+        return matched, resume, resume - matched if matched else 0
+
+    def _load_prompt(self, tokens: list[int], context_shift: bool = False) -> int:
+        """Make the cache stand for `tokens`, reusing what it holds of them; returns tokens evaluated."""
+        keep, resume, self._n_dropped = self._reusable(tokens)
+        if keep < len(self._cached):
+            if not llama.llama_memory_seq_rm(self._memory, 0, keep, -1) or self._window_lost(keep):
+                self._clear()
+                keep = resume = 0
+            del self._cached[keep:]
+        if keep == 0:
+            resume = 0
+        self._decode(tokens[resume:], context_shift)
+        return len(tokens) - resume
+
+    def _shift_out(self) -> None:
+        """Context shift: drop half of the tokens after the first SHIFT_KEEP and slide the rest back."""
         n_past = len(self._cached)
-        n_discard = (n_past - n_keep) // 2
-        llama.llama_memory_seq_rm(self._memory, 0, n_keep, n_keep + n_discard)
-        llama.llama_memory_seq_add(self._memory, 0, n_keep + n_discard, n_past, -n_discard)
-        del self._cached[n_keep:n_keep + n_discard]
+        n_discard = (n_past - SHIFT_KEEP) // 2
+        llama.llama_memory_seq_rm(self._memory, 0, SHIFT_KEEP, SHIFT_KEEP + n_discard)
+        llama.llama_memory_seq_add(self._memory, 0, SHIFT_KEEP + n_discard, n_past, -n_discard)
+        del self._cached[SHIFT_KEEP:SHIFT_KEEP + n_discard]
+        self._n_dropped += n_discard
 
     def _make_sampler(self, temperature: float, top_k: int, top_p: float, seed: int):
         chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
@@ -276,17 +355,20 @@ class Context(_native.NativeObject):
 
         temperature 0 is greedy decoding. When the cache fills up, generation stops
         (stats.stop_reason == "context") unless context_shift=True, which drops the
-        older half of the tokens after the prompt's first one and goes on.
-        Raises ContextOverflowError at once if the prompt alone does not fit.
+        older half of the tokens after the first SHIFT_KEEP and goes on; a prompt
+        longer than the context then streams through it the same way. Without
+        context_shift, ContextOverflowError is raised at once if the prompt alone
+        does not fit. A prompt that repeats what the cache holds (cached_tokens, or
+        a chat's history, shifted or not) is evaluated only from where it differs.
         """
         tokens = (self.tokenize(prompt, add_special, parse_special) if isinstance(prompt, str)
                   else list(prompt))
         if not tokens:
             raise ValueError("the prompt is empty")
-        if len(tokens) > self.n_ctx:
+        if len(tokens) > self.n_ctx and not context_shift:
             raise ContextOverflowError(
                 f"the prompt has {len(tokens)} tokens but the context holds {self.n_ctx}; "
-                "use a larger context (n_ctx / -c) or a shorter prompt")
+                "use a larger context (n_ctx / -c), a shorter prompt or context_shift=True")
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         seed = self.seed if seed is None else seed
@@ -295,7 +377,8 @@ class Context(_native.NativeObject):
     def _generate(self, tokens, max_tokens, temperature, top_k, top_p, seed, context_shift):
         stats = self.last_stats = GenerationStats(n_prompt=len(tokens))
         started = time.perf_counter()
-        stats.n_prompt_eval = self._load_prompt(tokens)
+        with self._exclusive():
+            stats.n_prompt_eval = self._load_prompt(tokens, context_shift)
         stats.prompt_seconds = time.perf_counter() - started
         started = time.perf_counter()
         sampler = self._make_sampler(temperature, top_k, top_p, seed)
@@ -304,7 +387,9 @@ class Context(_native.NativeObject):
         stats.stop_reason = "max_tokens"
         try:
             for _ in range(max_tokens):
-                token = llama.llama_sampler_sample(sampler, self.handle, -1)
+                # the lock is held for each step, never across a yield: the caller's code runs in between
+                with self._exclusive():
+                    token = llama.llama_sampler_sample(sampler, self.handle, -1)
                 if llama.llama_vocab_is_eog(vocab, token):
                     stats.stop_reason = "eog"
                     break
@@ -313,12 +398,11 @@ class Context(_native.NativeObject):
                 stats.gen_seconds = time.perf_counter() - started
                 if text:
                     yield text
-                if len(self._cached) >= self.n_ctx:
-                    if not context_shift:
+                with self._exclusive():
+                    if len(self._cached) >= self.n_ctx and not context_shift:
                         stats.stop_reason = "context"
                         break
-                    self._shift_out(n_keep=1)
-                self._decode([token])
+                    self._decode([token], context_shift)
             tail = decoder.decode(b"", final=True)
             if tail:
                 yield tail
@@ -330,28 +414,52 @@ class Context(_native.NativeObject):
         """generate() joined into one string."""
         return "".join(self.generate(prompt, max_tokens, **kwargs))
 
+    # -- saved state -----------------------------------------------------------------
+
+    def _state_header(self, sequence_only: bool) -> state.StateHeader:
+        return state.StateHeader(
+            model=self.model.fingerprint, model_name=self.model.path.name, cache_k=self.cache_k.name,
+            cache_v=self.cache_v.name, kv_transform=self.kv_transform, n_ctx=self.n_ctx, swa_full=self.swa_full,
+            sequence_only=sequence_only, tokens=tuple(self._cached), n_dropped=self._n_dropped)
+
+    def save_state(self, path: "str | os.PathLike | None" = None, *, sequence_only: bool = False) -> "bytes | None":
+        """The cache and the tokens in it (and the last logits), as bytes, or written to `path`.
+
+        sequence_only=True saves only the cache cells of the context's sequence
+        (llama_state_seq_*: no logits, a little smaller). load_state() takes either.
+        """
+        with self._exclusive():
+            data = state.pack(self._state_header(sequence_only), state.read_native(self.handle, sequence_only))
+        if path is None:
+            return data
+        state.write_file(path, data)
+        return None
+
+    def load_state(self, source: "bytes | str | os.PathLike") -> None:
+        """Restore what save_state() saved (bytes or a file) into this context.
+
+        StateError, and an empty cache, if the state is damaged or was saved from
+        another model, other cache types or transforms, or needs more cells than
+        this context has; the context stays usable.
+        """
+        saved, payload = state.unpack(source if isinstance(source, (bytes, bytearray, memoryview))
+                                      else state.read_file(source))
+        with self._exclusive():
+            state.check_compatible(saved, self._state_header(saved.sequence_only), self.n_ctx)
+            self._clear()
+            try:
+                state.write_native(self.handle, payload, saved.sequence_only)
+            except StateError:
+                self._clear()  # whatever llama.cpp had read before it gave up
+                raise
+            self._cached = list(saved.tokens)
+            self._n_dropped = saved.n_dropped
+
     # -- chat --------------------------------------------------------------------------
 
     def format_chat(self, messages: Sequence[dict], add_assistant: bool = True) -> str:
-        """Render messages ([{"role": ..., "content": ...}]) with the model's chat template."""
-        template = self.model.chat_template
-        keep_alive = []
-        chat = ffi.new("llama_chat_message[]", len(messages))
-        for i, message in enumerate(messages):
-            role = ffi.new("char[]", str(message["role"]).encode())
-            content = ffi.new("char[]", str(message["content"]).encode())
-            keep_alive += [role, content]
-            chat[i].role, chat[i].content = role, content
-        tmpl = ffi.new("char[]", template.encode()) if template else ffi.NULL
-        capacity = 2 * sum(len(str(m["content"])) for m in messages) + 256
-        while True:
-            buf = ffi.new("char[]", capacity)
-            n = llama.llama_chat_apply_template(tmpl, chat, len(messages), add_assistant, buf, capacity)
-            if n < 0:
-                raise PyturboError("llama.cpp does not support this model's chat template")
-            if n <= capacity:
-                return ffi.unpack(buf, n).decode("utf-8", "replace")
-            capacity = n
+        """Render messages with the model's chat template (Model.format_chat)."""
+        return self.model.format_chat(messages, add_assistant)
 
     def chat(self, messages: Sequence[dict], max_tokens: int = 256, *, stream: bool = False, **kwargs):
         """The assistant's reply to `messages`, using the model's chat template.
@@ -362,3 +470,12 @@ class Context(_native.NativeObject):
         pieces = self.generate(prompt, max_tokens, parse_special=True, **kwargs)
         return pieces if stream else "".join(pieces)
 
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -29,6 +29,18 @@ class ContextOverflowError(ContextError):
     """The prompt does not fit in the context."""
 
 
+class ContextBusyError(ContextError):
+    """A Context was used from a second thread while a call in another was running."""
+
+
+class StateError(PyturboError, ValueError):
+    """A saved context state is damaged or belongs to another model, cache or context size."""
+
+
+class PyturboWarning(UserWarning):
+    """A setting that works but is probably not what was meant (e.g. n_ctx beyond training)."""
+
+
 class DownloadError(PyturboError, RuntimeError):
     """A file pyturbo fetches (the default model) could not be fetched or verified."""
 

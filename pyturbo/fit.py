@@ -21,12 +21,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from ._cli import ArgumentParser, add_cache_flags, add_ctx_flag, add_flash_attn_flag, run_main
+from ._cli import (ArgumentParser, add_cache_flags, add_ctx_flag, add_flash_attn_flag, add_swa_full_flag,
+                   run_main)
 from ._report import markdown_table, pyplot
+from .allocation import CELL_PADDING
 from .cache_types import cache_type
 from .geometry import ModelGeometry, model_geometry
 from .gguf import GGUFHeader, read_gguf_header
-from .memory import CELL_PADDING, estimate, max_context
+from .memory import estimate, max_context
 from .units import GiB, format_size, parse_size
 from .quant_presets import WEIGHT_QUANTS
 
@@ -42,18 +44,18 @@ DEFAULT_CONFIGS = (("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", 
 # after every listed one.
 KLD_TABLE = {
     ("f16", "f16"): 0.0000,
-    ("f16", "q8_0"): 0.0048,
-    ("q8_0", "q8_0"): 0.0049,
+    ("f16", "q8_0"): 0.0050,
+    ("q8_0", "q8_0"): 0.0053,
     ("q5_0", "q5_0"): 0.0175,
     ("q4_0", "q4_0"): 0.0531,
     ("iq4_nl", "iq4_nl"): 0.0431,
-    ("q8_0", "q4_0"): 0.0158,
+    ("q8_0", "q4_0"): 0.0157,
     ("turbo4", "turbo4"): 0.0545,
     ("turbo3", "turbo3"): 0.1642,
     ("turbo2", "turbo2"): 0.6471,
-    ("q8_0", "turbo4"): 0.0165,
-    ("q8_0", "turbo3"): 0.0498,
-    ("q8_0", "turbo2"): 0.1805,
+    ("q8_0", "turbo4"): 0.0169,
+    ("q8_0", "turbo3"): 0.0494,
+    ("q8_0", "turbo2"): 0.1745,
 }
 
 # A recommendation whose KLD is above this gets a warning line: its output differs
@@ -332,7 +334,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--weights", dest="weights_as", choices=WEIGHT_QUANTS, default=None,
                         help="size the weights as this llama-quantize preset instead of as stored")
     parser.add_argument("--n-seq", dest="n_seq", type=int, default=1, help="parallel sequences (default 1)")
-    parser.add_argument("--swa-full", action="store_true", help="full-size cache for sliding-window layers")
+    add_swa_full_flag(parser)
     parser.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=int, default=512,
                         help="physical batch size (default 512)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")

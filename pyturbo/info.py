@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ._cli import ArgumentParser, run_main
+from .allocation import CacheCells, kv_bytes
 from .cache_types import cache_type, check_cache
 from .errors import CacheTypeError
 from .geometry import model_geometry
 from .gguf import read_gguf_header
 from .kv_transform import auto_choice
-from .memory import CacheCells, kv_bytes
 from .units import MiB
 from .weights import weight_stats
 

@@ -7,15 +7,16 @@ import functools
 import os
 import weakref
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from . import _native
 from ._native import ffi, llama
 from .assets import default_model
 from .context import Context
-from .errors import InvalidModelError
+from .errors import InvalidModelError, PyturboError
 from .geometry import ModelGeometry, model_geometry
 from .gguf import check_gguf_file, read_gguf_header
+from .state import model_fingerprint
 from .weights import select_quant
 
 
@@ -34,6 +35,7 @@ class Model(_native.NativeObject):
     def __init__(self, path: "str | os.PathLike | None" = None, n_gpu_layers: int = 0,
                  *, use_mmap: bool = True, vocab_only: bool = False, quant: "str | None" = None) -> None:
         self.path = Path(path) if path is not None else default_model()
+        self.n_gpu_layers = n_gpu_layers
         if quant is not None:
             self.path = select_quant(self.path, quant)
         # Fail early, in Python, on the file problems llama.cpp reports only as a NULL model.
@@ -121,6 +123,12 @@ class Model(_native.NativeObject):
         """Per-layer heads, head sizes, sliding window, ... as llama.cpp reads them (from the GGUF header)."""
         return model_geometry(read_gguf_header(self.path))
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 of the file's header and of the start of each tensor's data: what a
+        saved context state (Context.save_state) is tied to."""
+        return model_fingerprint(self.path)
+
     @property
     def head_size_k(self) -> int:
         """Size of one K head (GGUF `attention.key_length`, else n_embd / n_head)."""
@@ -149,6 +157,62 @@ class Model(_native.NativeObject):
     def add_bos(self) -> bool:
         """Whether tokenizing with add_special=True puts BOS first."""
         return bool(llama.llama_vocab_get_add_bos(self.vocab))
+
+    # -- text <-> tokens (the vocabulary's work; any thread may call these) -------------
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        while True:
+            buf = ffi.new("llama_token[]", capacity)
+            n = llama.llama_tokenize(self.vocab, data, len(data), buf, capacity,
+                                     add_special, parse_special)
+            if n >= 0:
+                return list(buf[0:n])
+            capacity = -n
+
+    def detokenize(self, tokens: Sequence[int], remove_special: bool = False,
+                   unparse_special: bool = False) -> str:
+        ids = ffi.new("llama_token[]", list(tokens))
+        capacity = len(tokens) * 16 + 16
+        while True:
+            buf = ffi.new("char[]", capacity)
+            n = llama.llama_detokenize(self.vocab, ids, len(tokens), buf, capacity,
+                                       remove_special, unparse_special)
+            if n >= 0:
+                return ffi.unpack(buf, n).decode("utf-8", "replace")
+            capacity = -n
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token stands for (may be part of a UTF-8 character)."""
+        capacity = 64
+        while True:
+            buf = ffi.new("char[]", capacity)
+            n = llama.llama_token_to_piece(self.vocab, token, buf, capacity, 0, False)
+            if n >= 0:
+                return ffi.unpack(buf, n)
+            capacity = -n
+
+    def format_chat(self, messages: Sequence[dict], add_assistant: bool = True) -> str:
+        """Render messages ([{"role": ..., "content": ...}]) with the model's chat template."""
+        template = self.chat_template
+        keep_alive = []
+        chat = ffi.new("llama_chat_message[]", len(messages))
+        for i, message in enumerate(messages):
+            role = ffi.new("char[]", str(message["role"]).encode())
+            content = ffi.new("char[]", str(message["content"]).encode())
+            keep_alive += [role, content]
+            chat[i].role, chat[i].content = role, content
+        tmpl = ffi.new("char[]", template.encode()) if template else ffi.NULL
+        capacity = 2 * sum(len(str(m["content"])) for m in messages) + 256
+        while True:
+            buf = ffi.new("char[]", capacity)
+            n = llama.llama_chat_apply_template(tmpl, chat, len(messages), add_assistant, buf, capacity)
+            if n < 0:
+                raise PyturboError("llama.cpp does not support this model's chat template")
+            if n <= capacity:
+                return ffi.unpack(buf, n).decode("utf-8", "replace")
+            capacity = n
 
     def context(self, n_ctx: int = 4096, cache_k: str = "f16", cache_v: str = "f16",
                 flash_attn: "str | bool" = "auto", n_threads: "int | None" = None, seed: int = 0,

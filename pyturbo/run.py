@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ._cli import (ArgumentParser, add_cache_flags, add_common_flags, add_ctx_flag, add_flash_attn_flag,
-                   add_kv_transform_flag, run_main, setup_logging)
+                   add_kv_transform_flag, add_swa_full_flag, run_main, setup_logging)
 from .assets import default_model
 from .model import Model
 from .units import MiB
@@ -35,6 +35,7 @@ def build_parser() -> ArgumentParser:
     add_cache_flags(parser)
     add_flash_attn_flag(parser)
     add_kv_transform_flag(parser)
+    add_swa_full_flag(parser)
     add_common_flags(parser)
     parser.add_argument("-s", "--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--temp", type=float, default=0.0, help="temperature (default 0 = greedy)")
@@ -119,7 +120,7 @@ def main(argv: "list[str] | None" = None) -> int:
     with Model(model_path(args), n_gpu_layers=args.n_gpu_layers) as model, \
             model.context(n_ctx=args.n_ctx, cache_k=args.cache_k, cache_v=args.cache_v,
                           flash_attn=args.flash_attn, n_threads=args.threads, seed=args.seed,
-                          kv_transform=args.kv_transform) as ctx:
+                          kv_transform=args.kv_transform, swa_full=args.swa_full) as ctx:
         if args.chat:
             chat_loop(ctx, args)
         else:

@@ -1,0 +1,30 @@
+"""A short soak (tests/soak.py has the long one): contexts made and freed without growth,
+and a chat several times longer than its context that still answers from its window."""
+
+from __future__ import annotations
+
+import pytest
+
+from soak import CACHES, CONTEXT_SIZES, TRANSFORMS, churn_contexts, growth, long_chat, open_fds
+
+pytestmark = pytest.mark.slow
+
+# Every combination of cache, size and transform once, so that what is built once per
+# combination (the transforms' matrices) is in place before memory counts.
+WARMUP = len(CACHES) * len(CONTEXT_SIZES) * len(TRANSFORMS)
+
+
+def test_contexts_made_and_freed_do_not_grow_memory_or_leak_descriptors(smol_model):
+    fds_before = open_fds()
+    rss, fds = churn_contexts(smol_model, 2 * WARMUP)
+    assert growth(rss, WARMUP) < 0.05
+    assert max(fds[WARMUP:]) <= fds[WARMUP] and fds[-1] <= fds_before
+
+
+def test_a_chat_longer_than_its_context_shifts_and_still_recalls_the_window(smol_model):
+    chat = long_chat(smol_model, turns=7, n_ctx=256, reply_tokens=48)
+    assert chat["tokens"] > 2 * 256
+    assert chat["dropped"] > 0
+    # each turn evaluates its new part, not the whole history again
+    assert chat["evaluated"] < chat["tokens"]
+    assert "PELICAN" in chat["answer"].upper()
