@@ -118,7 +118,7 @@ def test_damaged_states_are_refused_with_a_reason(smol_model, saved_turbo3, tmp_
         assert ctx._cached == []
         assert ctx.complete("The capital of France is", 8)
         ctx.load_state(saved_turbo3)
-        assert len(ctx._cached) > 90
+        assert len(ctx._cached) > 60
 
 
 def test_state_header_round_trips():
