@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidModelError
 from .gguf import GGUFHeader
+from .loader_rules import LLAMA_MAX_LAYERS
 
 # Sliding-window layout per architecture, when the GGUF has no
 # `attention.sliding_window_pattern`: (n_pattern, dense_first) as the
@@ -105,25 +106,15 @@ class ModelGeometry:
         return len({layer.head_k for layer in layers}) > 1 or len({layer.head_v for layer in layers if layer.head_v}) > 1
 
 
-def _per_layer(value, n_layer: int, name: str) -> list:
-    """A GGUF key that is either one number for every layer or an array with one per layer."""
-    if isinstance(value, list):
-        if len(value) != n_layer:
-            raise InvalidModelError(f"{name} has {len(value)} entries for {n_layer} layers")
-        return [int(v) for v in value]
-    return [int(value)] * n_layer
-
-
 def _swa_layers(header: GGUFHeader, n_layer: int) -> list:
     """Which layers use the sliding window, by llama.cpp's rules (see SWA_PATTERNS)."""
-    if int(header.get("attention.sliding_window", 0) or 0) <= 0:
+    if not header.get_int("attention.sliding_window", 0):
         return [False] * n_layer
     pattern = header.get("attention.sliding_window_pattern")
     if isinstance(pattern, list):
-        return [bool(p) for p in _per_layer(pattern, n_layer, "attention.sliding_window_pattern")]
+        return [bool(p) for p in header.get_per_layer("attention.sliding_window_pattern", n_layer)]
     n_pattern, dense_first = SWA_PATTERNS.get(header.architecture, (None, False))
-    if pattern is not None:
-        n_pattern = int(pattern)
+    n_pattern = header.get_int("attention.sliding_window_pattern", n_pattern)
     if n_pattern is None:
         # An architecture llama.cpp gives no sliding-window layout: every layer keeps the full context.
         return [False] * n_layer
@@ -140,56 +131,60 @@ def _recurrent_layers(header: GGUFHeader, n_head_kv: list) -> list:
     n_layer = len(n_head_kv)
     if header.architecture in RECURRENT_ARCHS:
         return [True] * n_layer
-    interval = header.get("full_attention_interval")
+    interval = header.get_int("full_attention_interval", 0)
     if interval:
-        return [(il + 1) % int(interval) != 0 for il in range(n_layer)]
-    if header.get("ssm.state_size") or header.get("wkv.head_size"):
+        return [(il + 1) % interval != 0 for il in range(n_layer)]
+    if header.get_int("ssm.state_size", 0) or header.get_int("wkv.head_size", 0):
         return [n == 0 for n in n_head_kv]
     return [False] * n_layer
 
 
 def _recurrent_state_sizes(header: GGUFHeader, n_embd: int) -> tuple:
     """f32 values per sequence of a recurrent layer's two states (llama_hparams::n_embd_r / n_embd_s)."""
-    wkv_head_size = int(header.get("wkv.head_size", 0) or 0)
+    wkv_head_size = header.get_int("wkv.head_size", 0)
     if wkv_head_size:
-        token_shift_count = int(header.get("token_shift_count", 2) or 2)
+        token_shift_count = header.get_int("token_shift_count", 2) or 2
         return token_shift_count * n_embd, n_embd * wkv_head_size
-    d_conv = int(header.get("ssm.conv_kernel", 0) or 0)
-    d_inner = int(header.get("ssm.inner_size", 0) or 0)
-    d_state = int(header.get("ssm.state_size", 0) or 0)
-    n_group = int(header.get("ssm.group_count", 0) or 0)
+    d_conv = header.get_int("ssm.conv_kernel", 0)
+    d_inner = header.get_int("ssm.inner_size", 0)
+    d_state = header.get_int("ssm.state_size", 0)
+    n_group = header.get_int("ssm.group_count", 0)
     return max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state), d_state * d_inner
 
 
 def _vocab_size(header: GGUFHeader) -> int:
     tokens = header.metadata.get("tokenizer.ggml.tokens")
+    if tokens is not None and not isinstance(tokens, list):
+        raise header.invalid("tokenizer.ggml.tokens", tokens, "an array of strings")
     if tokens:
         return len(tokens)
-    if header.get("vocab_size"):
-        return int(header.get("vocab_size"))
+    vocab_size = header.get_int("vocab_size", 0)
+    if vocab_size:
+        return vocab_size
     for tensor in header.tensors:
-        if tensor.name == "token_embd.weight":
+        if tensor.name == "token_embd.weight" and len(tensor.shape) > 1:
             return tensor.shape[1]
     return 0
 
 
 def model_geometry(header: GGUFHeader) -> ModelGeometry:
     """The per-layer head counts, head sizes, window and state sizes llama.cpp reads from the header."""
-    n_layer = header.get("block_count")
-    n_embd = header.get("embedding_length")
-    if not n_layer or not n_embd:
+    if header.get("block_count") is None or header.get("embedding_length") is None:
         raise InvalidModelError(f"{header.path}: no {header.architecture}.block_count / embedding_length "
                                 "in the GGUF metadata")
-    n_layer, n_embd = int(n_layer), int(n_embd)
-    n_head = _per_layer(header.get("attention.head_count", 0), n_layer, "attention.head_count")
-    n_head_kv = _per_layer(header.get("attention.head_count_kv", n_head), n_layer, "attention.head_count_kv")
-    n_ff = _per_layer(header.get("feed_forward_length", 0), n_layer, "feed_forward_length")
+    # llama.cpp asserts 1 <= block_count <= LLAMA_MAX_LAYERS; every size is a uint32 there.
+    n_layer = header.get_int("block_count", minimum=1, maximum=LLAMA_MAX_LAYERS)
+    n_embd = header.get_int("embedding_length", minimum=1)
+    n_head = header.get_per_layer("attention.head_count", n_layer)
+    n_head_kv = (header.get_per_layer("attention.head_count_kv", n_layer)
+                 if header.get("attention.head_count_kv") is not None else n_head)
+    n_ff = header.get_per_layer("feed_forward_length", n_layer)
     default_head = n_embd // max(max(n_head), 1)
-    head_k = int(header.get("attention.key_length", default_head))
-    head_v = int(header.get("attention.value_length", default_head))
-    head_k_swa = int(header.get("attention.sliding_window_key_length", head_k) or head_k)
-    head_v_swa = int(header.get("attention.sliding_window_value_length", head_v) or head_v)
-    mla = bool(header.get("attention.key_length_mla"))
+    head_k = header.get_int("attention.key_length", default_head)
+    head_v = header.get_int("attention.value_length", default_head)
+    head_k_swa = header.get_int("attention.sliding_window_key_length", 0) or head_k
+    head_v_swa = header.get_int("attention.sliding_window_value_length", 0) or head_v
+    mla = bool(header.get_int("attention.key_length_mla", 0))
     if mla:
         head_v = head_v_swa = 0
     swa = _swa_layers(header, n_layer)
@@ -202,14 +197,14 @@ def model_geometry(header: GGUFHeader) -> ModelGeometry:
     recurrent_r, recurrent_s = _recurrent_state_sizes(header, n_embd) if any(recurrent) else (0, 0)
     return ModelGeometry(
         architecture=header.architecture,
-        n_ctx_train=int(header.get("context_length", 0) or 0),
+        n_ctx_train=header.get_int("context_length", 0),
         n_embd=n_embd,
         n_vocab=_vocab_size(header),
         layers=layers,
-        n_swa=int(header.get("attention.sliding_window", 0) or 0) if any(swa) else 0,
+        n_swa=header.get_int("attention.sliding_window", 0) if any(swa) else 0,
         mla=mla,
         recurrent_r=recurrent_r,
         recurrent_s=recurrent_s,
-        n_expert_used=int(header.get("expert_used_count", 0) or 0),
-        n_ff_expert=int(header.get("expert_feed_forward_length", 0) or 0),
+        n_expert_used=max(header.get_per_layer("expert_used_count", n_layer)),
+        n_ff_expert=max(header.get_per_layer("expert_feed_forward_length", n_layer)),
     )

@@ -112,8 +112,8 @@ def quant_of_file(path: "str | os.PathLike") -> "str | None":
     named = quant_in_name(path)
     if named:
         return named
-    ftype = read_gguf_header(path).metadata.get("general.file_type")
-    return file_type_name(int(ftype)) if ftype is not None else None
+    ftype = read_gguf_header(path).get_int("general.file_type")
+    return file_type_name(ftype) if ftype is not None else None
 
 
 
@@ -149,10 +149,10 @@ def weight_stats(model: "str | os.PathLike | GGUFHeader") -> WeightStats:
     for tensor in header.tensors:
         tensors[tensor.type_name] += 1
         params[tensor.type_name] += tensor.n_elements
-    ftype = header.metadata.get("general.file_type")
+    ftype = header.get_int("general.file_type")
     return WeightStats(n_tensors=len(header.tensors), n_params=sum(params.values()),
                        tensor_bytes=weight_bytes(header),
-                       file_type=file_type_name(int(ftype)) if ftype is not None else None,
+                       file_type=file_type_name(ftype) if ftype is not None else None,
                        type_tensors=dict(tensors.most_common()),
                        type_params={name: params[name] for name, _ in params.most_common()})
 

@@ -25,6 +25,7 @@ from .. import _native
 from ..cache_types import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4, check_cache
 from ..cache_types import cache_type as _cache_type
 from ..errors import PyturboError
+from ..gguf import check_gguf_file
 from ..kv_transform import set_process_default
 
 # llama-cpp-python's release that vendors the same llama.cpp commit as vendor/llama-cpp.pin.
@@ -94,6 +95,25 @@ def forward_log_to(bindings, bindings_logger) -> None:
     atexit.register(bindings.llama_log_set, handler, ctypes.c_void_p(0))
 
 
+def check_files_before_loading(package, bindings) -> None:
+    """Make llama_cpp's llama_model_load_from_file run pyturbo's checks of the file first
+    (pyturbo.gguf.check_gguf_file): llama.cpp aborts the whole process on some corrupt
+    files (a GGML_ASSERT), where this raises InvalidModelError, a ValueError as
+    llama-cpp-python's own "Failed to load model from file" is."""
+    load = bindings.llama_model_load_from_file
+    if getattr(load, "checks_file", False):
+        return
+
+    def load_checked(path_model, params):
+        check_gguf_file(os.fsdecode(path_model))
+        return load(path_model, params)
+
+    load_checked.checks_file = True
+    # Llama looks the function up in llama_cpp.llama_cpp at each call; code using the
+    # low-level API may take it from the package.
+    bindings.llama_model_load_from_file = package.llama_model_load_from_file = load_checked
+
+
 _enabled = False
 
 
@@ -112,6 +132,7 @@ def enable() -> None:
 
     check_struct_sizes(bindings)
     forward_log_to(bindings, bindings_logger)
+    check_files_before_loading(llama_cpp, bindings)
     _enabled = True
 
 
