@@ -34,6 +34,9 @@ FILLER_TOPICS = ["the history of bread", "how rivers form", "why the sky is blue
                  "how tides work"]
 FACT = "The code word for the vault is PELICAN."
 QUESTION = "What is the code word for the vault? Answer with the code word only."
+# One thread: the soak measures memory and descriptors, not speed, and ggml's spinning
+# threads crawl when the machine is busy with other work.
+THREADS = 1
 
 
 def rss_bytes() -> int:
@@ -70,7 +73,8 @@ def churn_contexts(model, n: int, progress=None) -> "tuple[list, list]":
         cache_k, cache_v = CACHES[i % len(CACHES)]
         n_ctx = CONTEXT_SIZES[(i // len(CACHES)) % len(CONTEXT_SIZES)]
         transform = TRANSFORMS[(i // (len(CACHES) * len(CONTEXT_SIZES))) % len(TRANSFORMS)]
-        with model.context(n_ctx=n_ctx, cache_k=cache_k, cache_v=cache_v, kv_transform=transform) as ctx:
+        with model.context(n_ctx=n_ctx, cache_k=cache_k, cache_v=cache_v, kv_transform=transform,
+                           n_threads=THREADS) as ctx:
             text = ctx.complete(f"Question {i}: what is {i} plus {i}? Answer:", 6)
             if not isinstance(text, str):
                 raise AssertionError("generation returned no text")
@@ -94,7 +98,7 @@ def long_chat(model, turns: int, n_ctx: int = 1024, reply_tokens: int = 96, prog
     """A chat far longer than its context, on a turbo K cache, with the fact told in the last turn."""
     messages = [{"role": "system", "content": "You are a helpful assistant. Keep answers short."}]
     evaluated = 0
-    with model.context(n_ctx=n_ctx, cache_k="turbo3", cache_v="q8_0") as ctx:
+    with model.context(n_ctx=n_ctx, cache_k="turbo3", cache_v="q8_0", n_threads=THREADS) as ctx:
         for turn in range(turns):
             if turn == turns - 1:
                 messages.append({"role": "user", "content": f"{FACT} {QUESTION}"})
