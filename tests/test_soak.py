@@ -23,8 +23,8 @@ def test_contexts_made_and_freed_do_not_grow_memory_or_leak_descriptors(smol_mod
 
 
 def test_a_chat_longer_than_its_context_shifts_and_still_recalls_the_window(smol_model):
-    chat = long_chat(smol_model, turns=7, n_ctx=256, reply_tokens=48)
-    assert chat["tokens"] > 2 * 256
+    chat = long_chat(smol_model, turns=9, n_ctx=256, reply_tokens=48)
+    assert chat["tokens"] > 1.5 * 256
     assert chat["dropped"] > 0
     # each turn evaluates its new part, not the whole history again
     assert chat["evaluated"] < chat["tokens"]
