@@ -6,6 +6,11 @@ stands in for Qwen2.5; the tiny llama model (no biases) is the other kind.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -194,6 +199,41 @@ def test_a_calibration_runs_once_per_model_file_and_is_read_back(qwen_path, tmp_
     third, _, log = calibrated_logits(qwen_path)
     assert any("pyturbo_kv_calibrate: begin" in line for line in log)
     np.testing.assert_allclose(third, first, atol=1e-3 * np.abs(first).max())
+
+
+# llama.cpp's memory-fit probe (common_fit_params: llama-completion, llama-cli, llama-server,
+# llama-perplexity) creates a context on a model loaded with no_alloc, which has no weights.
+# The calibration pass used to decode on it: a NULL dereference in ggml-alloc (SIGSEGV; found
+# by .ci/sanitize). In a child process, so that a crash fails this test and not the session.
+NO_ALLOC_CONTEXT = textwrap.dedent("""
+    import sys
+    from pyturbo._native import ffi, llama
+    from pyturbo.cache_types import cache_type, flash_attn_mode
+    mparams = llama.llama_model_default_params()
+    mparams.no_alloc = True  # as common_fit_params loads it
+    mparams.load_mode = llama.LLAMA_LOAD_MODE_NONE
+    model = llama.llama_model_load_from_file(sys.argv[1].encode(), mparams)
+    assert model != ffi.NULL
+    cparams = llama.llama_context_default_params()
+    cparams.n_ctx = 256
+    cparams.type_k = cache_type("turbo4").type_id
+    cparams.type_v = cache_type("turbo3").type_id
+    cparams.flash_attn_type = flash_attn_mode("on")
+    ctx = llama.llama_init_from_model(model, cparams)
+    assert ctx != ffi.NULL
+    print("flags", llama.pyturbo_kv_transform_flags(ctx))
+    llama.llama_free(ctx)
+    llama.llama_model_free(model)
+""")
+
+
+def test_a_no_alloc_models_context_gets_no_transform_and_runs_no_calibration(tiny_path, tmp_path):
+    env = {**os.environ, "PYTURBO_CACHE": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", NO_ALLOC_CONTEXT, str(tiny_path)], capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "flags 0" in result.stdout
+    assert not (tmp_path / "kv-calibration").exists()  # nothing cached from a model without weights
 
 
 def test_the_calibrated_transform_is_exact_on_a_model_without_biases(tiny_model):

@@ -733,6 +733,17 @@ static int32_t auto_flags_for_cache(const llama_model & model, ggml_type type_k,
 void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparams, ggml_type type_k, ggml_type type_v) {
     int32_t flags = request_pending ? request_flags : flags_from_env();
     request_pending = false;
+    // A model loaded with no_alloc has no weight data: llama.cpp's memory-fit probe
+    // (common_fit_params, run by llama-completion, llama-cli, llama-server and llama-perplexity
+    // before the real load) creates its contexts on one. The calibration pass would decode on
+    // it, with no compute buffer (a NULL dereference in ggml-alloc: SIGSEGV, found by
+    // .ci/sanitize), and the weight-derived transforms would have no weights to read. Such a
+    // context only measures memory, so it gets no transform; its estimate leaves out the
+    // transform's few F32 head x head matrices per layer.
+    if (model.hparams.no_alloc) {
+        cparams.pyturbo_kvt = nullptr;
+        return;
+    }
     const pyturbo_kvt_rotation rotation = { ggml_is_quantized(type_k), ggml_is_quantized(type_v) };
     if (flags == PYTURBO_KVT_AUTO) {
         flags = auto_flags_for_cache(model, type_k, type_v);
