@@ -15,6 +15,15 @@ target_sources(ggml-base PRIVATE
     ${PYTURBO_CSRC_DIR}/turbo-quants.h
     ${PYTURBO_CSRC_DIR}/turbo-quants.c)
 target_include_directories(ggml-base PRIVATE ${PYTURBO_CSRC_DIR})
+# The block scale (sums of products in turbo-quants.c) must round the same on every
+# platform, or an AArch64 build picks other scales and codes than an x86 one (1 block
+# in ~5000; tests/test_neon_qemu.py compares them). GCC fuses a*b + c into an FMA by
+# default wherever the target has one (every AArch64, x86 with FMA), clang within a
+# statement: keep the plain multiply-then-add. GPU quantizers reproduce this.
+if(CMAKE_C_COMPILER_ID MATCHES "GNU|Clang")
+    set_source_files_properties(${PYTURBO_CSRC_DIR}/turbo-quants.c TARGET_DIRECTORY ggml-base
+                                PROPERTIES COMPILE_OPTIONS -ffp-contract=off)
+endif()
 
 # patches/0002 calls these from llama-kv-cache.cpp and llama-quant.cpp
 target_sources(llama PRIVATE

@@ -4,7 +4,8 @@ tests/native/turbo_simd_check.c is compiled with the flags of each x86 level
 (AVX-512 where the CPU has it, AVX2, none) together with csrc/cpu/, linked to
 pyturbo's libggml-base, and run: identical codes and dequantized values, dot
 products within float rounding. The ARM NEON kernels are cross-compiled for
-AArch64 (compile only: no ARM machine here) and must define every kernel.
+AArch64 with clang against the host's headers and must define every kernel (a
+compile check that needs no AArch64 sysroot); tests/test_neon_qemu.py runs them.
 """
 
 from __future__ import annotations

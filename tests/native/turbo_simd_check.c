@@ -2,7 +2,13 @@
 // the -m flags of this build) against the scalar reference (csrc/cpu/turbo.c):
 // identical codes from the code picker, identical dequantized values, and
 // vec_dot within float rounding. Built and run by tests/test_cpu_kernels.py,
-// linked against a build's libggml-base (the block scale lives there).
+// linked against a build's libggml-base (the block scale lives there), and by
+// tests/test_neon_qemu.py, cross-compiled for AArch64 from the sources and run
+// under qemu.
+//
+// Also prints a digest of what the reference quantizer makes of many blocks:
+// equal digests on two platforms mean equal codes and scales there (the tests
+// compare an AArch64 build with the host's library).
 //
 // Prints one line per type and check; exits 1 on any mismatch.
 
@@ -21,6 +27,7 @@
 
 #define N_PER_ROW 512
 #define N_ROWS    64
+#define N_DIGEST_BLOCKS 16384   // ~1 in 5000 blocks shows a difference in rounding
 
 typedef void (*quantize_impl_t)(const float * x, void * y, int64_t k, turbo_pick_codes_t pick);
 typedef void (*dequantize_t)(const void * x, float * y, int64_t k);
@@ -57,6 +64,44 @@ static void fill_rows(float * x) {
         x[r*N_PER_ROW + (int) (uniform01()*N_PER_ROW)] *= 12.0f;
         memset(x + r*N_PER_ROW + 64*(r % (N_PER_ROW/64)), 0, 64*sizeof(float));
     }
+    // Blocks that exercise the edges of the block math: constant, a single
+    // spike (every other value zero), tiny values whose squares are subnormal.
+    float * special = x + (N_ROWS - 1)*N_PER_ROW;
+    for (int j = 0; j < QK_TURBO; ++j) {
+        special[j]              = 0.37f;
+        special[QK_TURBO + j]   = j == 17 ? -5.0f : 0.0f;
+        special[2*QK_TURBO + j] = (j % 2 ? 1.0f : -1.0f)*1e-20f*(float) (j + 1);
+    }
+}
+
+// FNV-1a over bytes
+static uint64_t digest_bytes(uint64_t h, const uint8_t * p, size_t n) {
+    for (size_t i = 0; i < n; ++i) {
+        h = (h ^ p[i])*0x100000001b3ull;
+    }
+    return h;
+}
+
+// Digest of the reference quantizer's blocks for N_DIGEST_BLOCKS blocks of
+// fill_rows data. Integer arithmetic and single roundings make the data the
+// same everywhere; the digest then differs only where the quantizer rounds
+// differently (fused multiply-adds in the block scale, for one).
+static uint64_t reference_digest(const turbo_kernels * t) {
+    static float x[N_ROWS*N_PER_ROW];
+    static uint8_t q[N_ROWS*N_PER_ROW];
+    const uint64_t saved_state = rng_state;
+    const size_t row_bytes = t->block_bytes*(N_PER_ROW/QK_TURBO);
+    uint64_t h = 0xcbf29ce484222325ull;
+    rng_state = 0x2545f4914f6cdd1dull;
+    for (int done = 0; done < N_DIGEST_BLOCKS; done += N_ROWS*(N_PER_ROW/QK_TURBO)) {
+        fill_rows(x);
+        for (int r = 0; r < N_ROWS; ++r) {
+            t->quantize(x + r*N_PER_ROW, q + r*row_bytes, N_PER_ROW, turbo_pick_codes_ref);
+        }
+        h = digest_bytes(h, q, N_ROWS*row_bytes);
+    }
+    rng_state = saved_state;
+    return h;
 }
 
 static int check(const turbo_kernels * t, const float * x, const float * y) {
@@ -96,12 +141,15 @@ static int check(const turbo_kernels * t, const float * x, const float * y) {
     const int dot_ok = worst_dot < 1e-5;
     printf("%s vec_dot: worst relative error %.2e %s\n", t->name, worst_dot, dot_ok ? "ok" : "TOO LARGE");
     failures += !dot_ok;
+    printf("%s reference digest: %016llx\n", t->name, (unsigned long long) reference_digest(t));
     return failures;
 }
 
 int main(void) {
     static float x[N_ROWS*N_PER_ROW], y[N_PER_ROW];
+#if !defined(PYTURBO_TURBO_ARCH_ARM)
     ggml_cpu_init();   // fills the fp16 conversion table the kernels may use
+#endif   // NEON converts fp16 in hardware (simd-mappings.h): no table, and no libggml-cpu to link under qemu
     fill_rows(x);
     for (int j = 0; j < N_PER_ROW; ++j) {
         y[j] = uniform01()*2.0f - 1.0f;
