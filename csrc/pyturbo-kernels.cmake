@@ -45,6 +45,16 @@ get_target_property(pyturbo_ggml_base_dir ggml-base SOURCE_DIR)
 set_source_files_properties(${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.cpp TARGET_DIRECTORY llama
                             PROPERTIES INCLUDE_DIRECTORIES ${pyturbo_ggml_base_dir})
 
+# Metal: supports_op for the turbo types (patches/0008 calls it from ggml-metal-device.m and
+# ggml-metal-ops.cpp); the kernels themselves are Metal sources that ggml-metal's own
+# CMakeLists.txt embeds from csrc/metal (PYTURBO_METAL_DIR).
+if(TARGET ggml-metal)
+    target_sources(ggml-metal PRIVATE
+        ${PYTURBO_CSRC_DIR}/metal/turbo-metal.h
+        ${PYTURBO_CSRC_DIR}/metal/turbo-metal.cpp)
+    target_include_directories(ggml-metal PRIVATE ${PYTURBO_CSRC_DIR}/metal)
+endif()
+
 # The CPU backend is ggml-cpu, or ggml-cpu-<variant> targets with
 # GGML_CPU_ALL_VARIANTS: add the kernels to each of them.
 get_target_property(pyturbo_ggml_src_dir ggml-base SOURCE_DIR)

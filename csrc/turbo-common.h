@@ -30,6 +30,10 @@
 #define QK_TURBO3 QK_TURBO
 #define QK_TURBO4 QK_TURBO
 
+// Re-picks of a block's codes at the least-squares scale of the previous codes
+// (csrc/turbo-quants.c); every backend's quantizer does the same number.
+#define TURBO_LSQ_REPICKS 3
+
 // 2 bits/value: codes 0..3 index kvalues_turbo2 (ascending).
 // qs[j] holds elements j, j+16, j+32, j+48 in bits 0-1, 2-3, 4-5, 6-7.
 typedef struct {

@@ -26,9 +26,6 @@
 #include <math.h>
 #include <string.h>
 
-// Re-picks of the codes after the first pick (1-3 is useful).
-static const int TURBO_LSQ_REPICKS = 3;
-
 bool ggml_is_runtime_only_type(enum ggml_type type) {
     return type == GGML_TYPE_TURBO2 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO4;
 }
