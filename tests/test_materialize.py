@@ -52,6 +52,17 @@ def test_override_tree_is_copied_patched_and_stamped(materialize):
     assert (dest / module.STAMP_NAME).exists()
 
 
+def test_override_tree_keeps_sources_named_build_and_drops_its_build_folders(materialize):
+    module, source, patches, dest = materialize
+    (source / "cmake").mkdir()
+    (source / "cmake" / "build-info.cmake").write_text("# sources, not a build\n")
+    (source / "build-cuda").mkdir()
+    (source / "build-cuda" / "CMakeCache.txt").write_text("")
+    module.materialize(dest)
+    assert (dest / "cmake" / "build-info.cmake").exists()
+    assert not (dest / "build-cuda").exists()
+
+
 def test_second_run_is_a_no_op_and_a_changed_patch_rebuilds(materialize, capsys):
     module, source, patches, dest = materialize
     add_patch(patches, "0001-rename.patch", "int llama(void);", "int llama_a(void);")

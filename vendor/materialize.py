@@ -128,8 +128,14 @@ def copy_override_tree(source: Path, pin: dict[str, str], dest: Path) -> None:
             raise MaterializeError(
                 f"PYTURBO_LLAMA_CPP_DIR={source}: {header} differs from llama.cpp commit "
                 f"{pin['commit']} (unpatched); point it at an unpatched tree at that commit")
-    shutil.copytree(source, dest, dirs_exist_ok=True, symlinks=True,
-                    ignore=shutil.ignore_patterns(".git", "build", "build-*", STAMP_NAME))
+    def skipped(directory: str, names: list[str]) -> list[str]:
+        # a checkout's own build folders sit at its top; deeper down build-* are sources
+        # (cmake/build-info.cmake, common/build-info.cpp.in)
+        top = Path(directory) == source
+        return [n for n in names
+                if n in (".git", STAMP_NAME) or (top and (n == "build" or n.startswith("build-")))]
+
+    shutil.copytree(source, dest, dirs_exist_ok=True, symlinks=True, ignore=skipped)
 
 
 def apply_patches(tree: Path) -> None:
