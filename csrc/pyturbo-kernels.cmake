@@ -74,3 +74,9 @@ foreach(target IN LISTS pyturbo_ggml_targets)
         ${PYTURBO_CSRC_DIR}/cpu/turbo-fattn.cpp)
     target_include_directories(${target} PRIVATE ${PYTURBO_CSRC_DIR} ${PYTURBO_CSRC_DIR}/cpu)
 endforeach()
+
+# The CUDA backend (GGML_CUDA=on): csrc/cuda/, its flash-attention instances and
+# the turbo-cuda-check target.
+if(TARGET ggml-cuda)
+    include(${PYTURBO_CSRC_DIR}/cuda/pyturbo-cuda.cmake)
+endif()
