@@ -23,8 +23,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from ._cli import (ArgumentParser, add_cache_flags, add_flash_attn_flag, add_kv_transform_flag, add_threads_flag,
-                   add_verbose_flag, int_list, run_main, setup_logging)
+from ._cli import (ArgumentParser, add_cache_flags, add_common_flags, add_flash_attn_flag, add_kv_transform_flag,
+                   int_list, run_main, setup_logging)
 from ._report import OUTPUT_FORMATS, emit, markdown_table, pyplot
 from .cache_types import cache_type, flash_attn_mode
 from .context import default_threads
@@ -53,6 +53,7 @@ class BenchResult:
     n_ctx: int
     samples_ts: list = field(default_factory=list)
     kv_transform: str = "off"  # the exact K/V transforms applied (pyturbo.kv_transform)
+    n_gpu_layers: int = 0      # layers offloaded to the GPU
 
 
 def test_name(n_prompt: int, n_gen: int, n_depth: int) -> str:
@@ -83,7 +84,7 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
         depths: Sequence[int] = (0,), cache_k: Sequence[str] = ("f16",), cache_v: Sequence[str] = ("f16",),
         flash_attn: Sequence[str] = ("auto",), n_threads: "int | None" = None, repetitions: int = 5,
         n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0, progress: bool = True,
-        kv_transform: "str | int" = "auto") -> list[BenchResult]:
+        kv_transform: "str | int" = "auto", n_gpu_layers: int = 0) -> list[BenchResult]:
     """Run every (K, V, flash attention, depth, test) combination; see the module docstring."""
     if repetitions < 1:
         raise ValueError(f"repetitions must be >= 1, got {repetitions}")
@@ -100,7 +101,7 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
     n_threads = n_threads or default_threads()
     n_ctx = max(depths) + max(max(p, g) for p, g in tests)
     results = []
-    with open_model(model) as model:
+    with open_model(model, n_gpu_layers=n_gpu_layers) as model:
         bar = tqdm(total=len(configs) * len(depths) * len(tests) * (repetitions + 1), desc="bench",
                    unit="run", file=sys.stderr, disable=not progress)
         for type_k, type_v, fa in configs:
@@ -126,7 +127,7 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
                             avg_ts=statistics.fmean(samples),
                             stddev_ts=statistics.stdev(samples) if len(samples) > 1 else 0.0,
                             kv_bytes=kv["k"] + kv["v"], n_ctx=ctx.n_ctx, samples_ts=samples,
-                            kv_transform=ctx.kv_transform))
+                            kv_transform=ctx.kv_transform, n_gpu_layers=model.n_gpu_layers))
         bar.close()
     return results
 
@@ -171,14 +172,13 @@ def build_parser() -> ArgumentParser:
     add_cache_flags(parser, many=True)
     add_flash_attn_flag(parser, many=True)
     add_kv_transform_flag(parser)
-    add_threads_flag(parser)
+    add_common_flags(parser)
     parser.add_argument("-b", "--batch-size", type=int, default=2048, help="logical batch (default 2048)")
     parser.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch (default 512)")
     parser.add_argument("-r", "--repetitions", type=int, default=5, help="timed runs per test (default 5)")
     parser.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="md", help="output format (default md)")
     parser.add_argument("--plot", metavar="PNG", help="also draw tokens/s against depth into this file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
-    add_verbose_flag(parser)
     return parser
 
 
@@ -187,7 +187,7 @@ def main(argv: "list[str] | None" = None) -> int:
     setup_logging(args.verbose)
     results = run(args.model, args.n_prompt, args.n_gen, args.n_depth, args.cache_k, args.cache_v,
                   args.flash_attn, args.threads, args.repetitions, args.batch_size, args.ubatch_size, args.seed,
-                  kv_transform=args.kv_transform)
+                  kv_transform=args.kv_transform, n_gpu_layers=args.n_gpu_layers)
     emit(results, args.output, to_markdown, args.plot, plot)
     return 0
 
