@@ -71,6 +71,25 @@ int32_t pyturbo_kv_transform_supported_flags(const struct llama_model * model);
 """
 
 # Functions from libggml-cpu (a separate library).
+# libggml's backend registry (ggml-backend.h): the devices this build can place layers on.
+GGML_BACKEND_CDEFS = """
+enum ggml_backend_dev_type {
+    GGML_BACKEND_DEVICE_TYPE_CPU,
+    GGML_BACKEND_DEVICE_TYPE_GPU,
+    GGML_BACKEND_DEVICE_TYPE_IGPU,
+    GGML_BACKEND_DEVICE_TYPE_ACCEL,
+    GGML_BACKEND_DEVICE_TYPE_META,
+};
+
+size_t ggml_backend_dev_count(void);
+ggml_backend_dev_t ggml_backend_dev_get(size_t index);
+ggml_backend_dev_t ggml_backend_dev_by_name(const char * name);
+const char * ggml_backend_dev_name(ggml_backend_dev_t device);
+const char * ggml_backend_dev_description(ggml_backend_dev_t device);
+void ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total);
+enum ggml_backend_dev_type ggml_backend_dev_type(ggml_backend_dev_t device);
+"""
+
 GGML_CPU_CDEFS = """
 const struct ggml_type_traits_cpu * ggml_get_type_traits_cpu(enum ggml_type type);
 """

@@ -78,6 +78,7 @@ def _library_path(directory: Path, name: str) -> Path:
 ffi = cffi.FFI()
 ffi.cdef(_cdefs.GGML_CDEFS)
 ffi.cdef(_cdefs.GGML_CPU_CDEFS)
+ffi.cdef(_cdefs.GGML_BACKEND_CDEFS)
 ffi.cdef(_cdefs.TURBO_CDEFS)
 ffi.cdef(_cdefs.LLAMA_CDEFS)
 ffi.cdef(_cdefs.PYTURBO_LLAMA_CDEFS)
@@ -96,11 +97,11 @@ _loaded: dict = {}
 
 
 def _load_libraries() -> dict:
-    """Open libggml-base, libggml-cpu and libllama once, then route llama.cpp's log to pyturbo."""
+    """Open libggml-base, libggml-cpu, libggml and libllama once, then route llama.cpp's log to pyturbo."""
     with _load_lock:
         if not _loaded:
             # Load order follows the dependency chain so each dlopen finds its neighbours loaded.
-            libraries = {name: _dlopen(name) for name in ("ggml-base", "ggml-cpu", "llama")}
+            libraries = {name: _dlopen(name) for name in ("ggml-base", "ggml-cpu", "ggml", "llama")}
             _check_turbo_types(libraries["ggml-base"])
             _loaded.update(libraries)
             install_log_bridge()
@@ -135,6 +136,7 @@ class _Library:
 
 ggml = _Library("ggml-base")
 ggml_cpu = _Library("ggml-cpu")
+ggml_backend = _Library("ggml")  # the backend registry: devices
 llama = _Library("llama")
 
 

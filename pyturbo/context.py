@@ -256,12 +256,25 @@ class Context(_native.NativeObject):
         if not 0 <= first_output < len(tokens):
             raise ValueError(f"first_output must lie in [0, {len(tokens)}), got {first_output}")
         with self._exclusive():
+            self._clear()
             return self._score(tokens, first_output)
 
+    def score_next(self, tokens: Sequence[int]):
+        """Logits after each of tokens, evaluated after the tokens already in the cache
+        (e.g. a state restored with load_state); shape (len(tokens), n_vocab)."""
+        if not tokens:
+            raise ValueError("score_next needs at least one token")
+        with self._exclusive():
+            if len(self._cached) + len(tokens) > self.n_ctx:
+                raise ContextOverflowError(
+                    f"{len(self._cached)} cached + {len(tokens)} new tokens do not fit a context of {self.n_ctx}")
+            return self._score(tokens, 0)
+
     def _score(self, tokens, first_output):
+        """Evaluates tokens after the cached ones; logits of tokens[first_output:]."""
         import numpy as np
 
-        self._clear()
+        base = len(self._cached)
         n_vocab = self.model.n_vocab
         rows = []
         batch = llama.llama_batch_init(self.n_batch, 0, 1)
@@ -271,7 +284,7 @@ class Context(_native.NativeObject):
                 n_out = 0
                 for i, token in enumerate(chunk):
                     batch.token[i] = token
-                    batch.pos[i] = start + i
+                    batch.pos[i] = base + start + i
                     batch.n_seq_id[i] = 1
                     batch.seq_id[i][0] = 0
                     batch.logits[i] = start + i >= first_output

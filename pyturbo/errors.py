@@ -51,3 +51,7 @@ class WeightTypeError(PyturboError, ValueError):
 
 class QuantizeError(PyturboError, RuntimeError):
     """A quantization was refused (requantizing, existing output) or llama.cpp failed."""
+
+
+class DeviceError(PyturboError, ValueError):
+    """A device name this build of pyturbo does not see (or the CPU where an accelerator is meant)."""

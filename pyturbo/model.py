@@ -13,6 +13,7 @@ from . import _native
 from ._native import ffi, llama
 from .assets import default_model
 from .context import Context
+from .devices import device_handles
 from .errors import InvalidModelError, PyturboError
 from .geometry import ModelGeometry, model_geometry
 from .gguf import check_gguf_file, read_gguf_header
@@ -27,21 +28,29 @@ class Model(_native.NativeObject):
     >>> ctx = model.context(n_ctx=4096, cache_k="q8_0", cache_v="turbo3")
     >>> pyturbo.Model("models/", quant="q4_K_M")  # the Q4_K_M file of a folder of quants
 
+    devices: the accelerators to offload n_gpu_layers to, by name ("CUDA0", "MTL0";
+    pyturbo.devices.devices() lists them); all of them when None.
     quant: a weight type (any llama-quantize name, any case). The path may then
     also be a folder or a glob pattern of several quants of one model; a 16/32-bit
     file is quantized once into the cache dir (see pyturbo.weights.select_quant).
     """
 
     def __init__(self, path: "str | os.PathLike | None" = None, n_gpu_layers: int = 0,
-                 *, use_mmap: bool = True, vocab_only: bool = False, quant: "str | None" = None) -> None:
+                 *, use_mmap: bool = True, vocab_only: bool = False, quant: "str | None" = None,
+                 devices: "Sequence[str] | None" = None) -> None:
         self.path = Path(path) if path is not None else default_model()
         self.n_gpu_layers = n_gpu_layers
+        self.devices = list(devices) if devices is not None else None
         if quant is not None:
             self.path = select_quant(self.path, quant)
         # Fail early, in Python, on the file problems llama.cpp reports only as a NULL model.
         check_gguf_file(self.path)
         params = llama.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        if devices is not None:
+            # llama.cpp reads the list during the load only; keep it alive until then
+            device_list = device_handles(self.devices)
+            params.devices = device_list
         params.vocab_only = vocab_only
         if not use_mmap:
             params.load_mode = llama.LLAMA_LOAD_MODE_NONE

@@ -13,7 +13,8 @@ from pyturbo._native import ffi
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_CPP = ROOT / "vendor" / "llama.cpp"
 HEADERS = [LLAMA_CPP / "include" / "llama.h", LLAMA_CPP / "ggml" / "include" / "ggml.h",
-           LLAMA_CPP / "ggml" / "include" / "ggml-cpu.h", ROOT / "csrc" / "llama" / "turbo-kv-transform.h"]
+           LLAMA_CPP / "ggml" / "include" / "ggml-cpu.h",
+           LLAMA_CPP / "ggml" / "include" / "ggml-backend.h", ROOT / "csrc" / "llama" / "turbo-kv-transform.h"]
 
 
 def strip_comments(text: str) -> str:
@@ -57,7 +58,8 @@ def header_functions() -> dict[str, tuple[str, list[str]]]:
 
 
 def cdef_functions() -> dict[str, tuple[str, list[str]]]:
-    text = strip_comments(_cdefs.GGML_CDEFS + _cdefs.GGML_CPU_CDEFS + _cdefs.LLAMA_CDEFS
+    text = strip_comments(_cdefs.GGML_CDEFS + _cdefs.GGML_CPU_CDEFS + _cdefs.GGML_BACKEND_CDEFS
+                          + _cdefs.LLAMA_CDEFS
                           + _cdefs.PYTURBO_LLAMA_CDEFS)
     text = re.sub(r"typedef[^;]*;", "", text)  # function-pointer typedefs are not functions
     text = re.sub(r"(struct|enum|union)\s+\w*\s*\{[^{}]*(\{[^{}]*\}[^{}]*)*\}\s*\w*\s*;", "", text, flags=re.S)

@@ -1,0 +1,74 @@
+"""Devices: the CPU and the accelerators (CUDA, Metal, RPC workers) pyturbo's library can use.
+
+Names are llama.cpp's (`llama-cli --list-devices`): "CPU", "CUDA0", "MTL0", "RPC[host:port]".
+A model's layers go to the accelerators it is given (`Model(path, n_gpu_layers=99,
+devices=["CUDA0"])`, all of them when none are named); what is not offloaded stays on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._native import ffi, ggml_backend
+from .errors import DeviceError
+
+# enum ggml_backend_dev_type, in declaration order (pyturbo/_cdefs.py)
+_KINDS = ("cpu", "gpu", "igpu", "accel", "meta")
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str          # "CPU", "CUDA0", "MTL0", "RPC[127.0.0.1:50052]"
+    description: str   # e.g. the GPU's or the CPU's model name
+    kind: str          # "cpu", "gpu", "igpu" (shares host memory), "accel" (BLAS, AMX), "meta"
+    memory_free: int   # bytes, as the backend reports them
+    memory_total: int
+
+    @property
+    def offloads_layers(self) -> bool:
+        """Whether model layers (and their KV cache) can be placed on it: GPUs, not the CPU or BLAS."""
+        return self.kind in ("gpu", "igpu")
+
+
+def _kind(dev_type: int) -> str:
+    return _KINDS[dev_type] if 0 <= dev_type < len(_KINDS) else "unknown"
+
+
+def _describe(handle) -> Device:
+    free, total = ffi.new("size_t *"), ffi.new("size_t *")
+    ggml_backend.ggml_backend_dev_memory(handle, free, total)
+    return Device(name=ffi.string(ggml_backend.ggml_backend_dev_name(handle)).decode(),
+                  description=ffi.string(ggml_backend.ggml_backend_dev_description(handle)).decode(),
+                  kind=_kind(int(ggml_backend.ggml_backend_dev_type(handle))),
+                  memory_free=free[0], memory_total=total[0])
+
+
+def devices() -> list[Device]:
+    """Every device the loaded library sees, in llama.cpp's order (accelerators first, CPU last)."""
+    return [_describe(ggml_backend.ggml_backend_dev_get(i))
+            for i in range(ggml_backend.ggml_backend_dev_count())]
+
+
+def offload_devices() -> list[Device]:
+    """The devices model layers can be offloaded to (empty on a CPU-only build)."""
+    return [device for device in devices() if device.offloads_layers]
+
+
+def device_handles(names) -> "ffi.CData":
+    """A NULL-terminated ggml_backend_dev_t array for llama_model_params.devices.
+
+    Raises DeviceError for an unknown name (listing the known ones) or for a device that
+    takes no layers (the CPU: layers that are not offloaded stay there anyway).
+    """
+    known = {device.name: device for device in devices()}
+    handles = []
+    for name in names:
+        device = known.get(name)
+        if device is None:
+            raise DeviceError(f"no device {name!r} in this build of pyturbo; devices: {', '.join(known) or 'none'}")
+        if not device.offloads_layers:
+            offload = [d.name for d in known.values() if d.offloads_layers]
+            raise DeviceError(f"{name} ({device.kind}) takes no offloaded layers; leave it out "
+                              f"(layers not offloaded run on the CPU). Offload devices: {', '.join(offload) or 'none'}")
+        handles.append(ggml_backend.ggml_backend_dev_by_name(name.encode()))
+    return ffi.new("ggml_backend_dev_t[]", handles + [ffi.NULL])
