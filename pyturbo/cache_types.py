@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 from .errors import CacheTypeError
 
@@ -159,3 +160,17 @@ def check_cache(cache_k: CacheType, cache_v: CacheType, flash_attn: "str | bool 
             raise CacheTypeError(
                 f"{role} cache type {ctype.name} needs llama.cpp's attention rotation, which is off when "
                 "the layers have different head sizes; use an upstream type (q8_0, q4_0)")
+
+
+def kv_configs(configs: "str | Sequence") -> list[tuple[CacheType, CacheType]]:
+    """[(K, V)] from "f16/f16,q8_0/turbo3" or [("q8_0", "turbo3"), "turbo4/turbo4", ...]."""
+    items = configs.split(",") if isinstance(configs, str) else list(configs)
+    pairs = []
+    for item in items:
+        parts = item.strip().split("/") if isinstance(item, str) else list(item)
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"a configuration is K/V, e.g. q8_0/turbo3 (got {item!r})")
+        pairs.append((cache_type(parts[0].strip()), cache_type(parts[1].strip())))
+    if not pairs:
+        raise ValueError("no K/V configurations given")
+    return pairs

@@ -28,7 +28,7 @@ from ._cli import (ArgumentParser, add_ctx_flag, add_flash_attn_flag, add_kv_tra
                    add_verbose_flag, float_list, int_list, run_main, setup_logging)
 from ._report import emit, markdown_table, pyplot
 from .assets import default_text
-from .cache_types import UPSTREAM_CACHE_TYPES, CacheType, cache_type
+from .cache_types import UPSTREAM_CACHE_TYPES, kv_configs
 from .context import default_threads
 from .errors import ContextOverflowError, PyturboError
 from .model import Model, open_model
@@ -66,20 +66,6 @@ class NeedleResult:
     trials: int
     passed: int
     kv_transform: str = "off"   # the exact K/V transforms applied to this configuration
-
-
-def kv_configs(configs: "str | Sequence") -> list[tuple[CacheType, CacheType]]:
-    """[(K, V)] from "f16/f16,q8_0/turbo3" or [("q8_0", "turbo3"), "turbo4/turbo4", ...]."""
-    items = configs.split(",") if isinstance(configs, str) else list(configs)
-    pairs = []
-    for item in items:
-        parts = item.strip().split("/") if isinstance(item, str) else list(item)
-        if len(parts) != 2 or not all(parts):
-            raise ValueError(f"a configuration is K/V, e.g. q8_0/turbo3 (got {item!r})")
-        pairs.append((cache_type(parts[0].strip()), cache_type(parts[1].strip())))
-    if not pairs:
-        raise ValueError("no K/V configurations given")
-    return pairs
 
 
 def _read_text(text: "str | os.PathLike | None") -> str:

@@ -41,11 +41,10 @@ from ._cli import (ArgumentParser, add_kv_transform_flag, add_threads_flag, add_
                    setup_logging, str_list)
 from ._report import markdown_table
 from .assets import default_model, default_text
-from .cache_types import check_cache, flash_attn_mode
+from .cache_types import check_cache, flash_attn_mode, kv_configs
 from .context import default_threads
 from .devices import Device, devices
 from .errors import CacheTypeError, DeviceError, PyturboError
-from .eval import kv_configs
 from .model import Model
 
 PROG = "python -m pyturbo.selftest"
