@@ -9,7 +9,7 @@
 # upstream's unselected pairs do (fattn.cu).
 #
 # turbo-cuda-check: compiles csrc/cuda/*.cu and the selected instances for one
-# architecture (PYTURBO_CUDA_CHECK_ARCH, default the first of ggml-cuda's), with
+# architecture (PYTURBO_CUDA_CHECK_ARCH, default the first real one of ggml-cuda's), with
 # ggml-cuda's flags, without building the rest of the backend. CI builds it.
 
 if(NOT TARGET ggml-cuda)
@@ -23,7 +23,7 @@ set(pyturbo_cuda_fa_turbo_pairs turbo2-turbo2 turbo3-turbo3 turbo4-turbo4 q8_0-t
 string(REPLACE ";" "," pyturbo_cuda_fa_turbo_default "${pyturbo_cuda_fa_turbo_pairs}")
 set(PYTURBO_CUDA_FA_TURBO "${pyturbo_cuda_fa_turbo_default}" CACHE STRING
     "turbo K-V pairs with a CUDA flash-attention vector kernel (, or ; separated; none for none)")
-set(PYTURBO_CUDA_CHECK_ARCH "" CACHE STRING "CUDA architecture of turbo-cuda-check (default: the first of ggml-cuda's)")
+set(PYTURBO_CUDA_CHECK_ARCH "" CACHE STRING "CUDA architecture of turbo-cuda-check (default: the first real one of ggml-cuda's)")
 
 # The pairs asked for, from PYTURBO_CUDA_FA_TURBO and GGML_CUDA_FA_QUANTS.
 string(TOLOWER "${PYTURBO_CUDA_FA_TURBO},${GGML_CUDA_FA_QUANTS}" pyturbo_fa_requested)
@@ -85,8 +85,15 @@ set_source_files_properties(${PYTURBO_CUDA_DIR}/turbo-cuda.cu TARGET_DIRECTORY g
 
 # turbo-cuda-check: the same sources, flags and definitions as in ggml-cuda, one architecture.
 if(NOT PYTURBO_CUDA_CHECK_ARCH)
+    # the first that ptxas compiles to machine code (a -virtual one stops at PTX)
     get_target_property(pyturbo_cuda_archs ggml-cuda CUDA_ARCHITECTURES)
     list(GET pyturbo_cuda_archs 0 PYTURBO_CUDA_CHECK_ARCH)
+    foreach(arch IN LISTS pyturbo_cuda_archs)
+        if(NOT arch MATCHES "-virtual$")
+            set(PYTURBO_CUDA_CHECK_ARCH ${arch})
+            break()
+        endif()
+    endforeach()
 endif()
 get_directory_property(pyturbo_ggml_cuda_dir_defines DIRECTORY ${pyturbo_ggml_cuda_dir} COMPILE_DEFINITIONS)
 add_library(turbo-cuda-check OBJECT EXCLUDE_FROM_ALL ${pyturbo_cuda_sources} ${pyturbo_fa_sources})
