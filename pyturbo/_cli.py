@@ -62,6 +62,35 @@ def add_threads_flag(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads (default: all available)")
 
 
+# llama.cpp's command-line defaults (common/common.h), which pyturbo's commands share: the
+# logical batch (tokens per decode call at most) and the physical batch (tokens per graph
+# evaluation, which sizes the compute buffer).
+DEFAULT_CLI_N_BATCH = 2048
+DEFAULT_CLI_N_UBATCH = 512
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_batch_flags(parser: argparse.ArgumentParser) -> None:
+    """-b/--batch-size and -ub/--ubatch-size (dest n_batch, n_ubatch), with llama.cpp's defaults."""
+    parser.add_argument("-b", "--batch-size", dest="n_batch", type=positive_int, default=DEFAULT_CLI_N_BATCH,
+                        metavar="N", help=f"logical batch: prompt tokens per decode call "
+                                          f"(default {DEFAULT_CLI_N_BATCH})")
+    parser.add_argument("-ub", "--ubatch-size", dest="n_ubatch", type=positive_int, default=DEFAULT_CLI_N_UBATCH,
+                        metavar="N", help=f"physical batch: tokens per evaluation, which sizes the compute "
+                                          f"buffer (default {DEFAULT_CLI_N_UBATCH}; pyturbo.fit says when a "
+                                          "smaller one fits a longer context)")
+
+
 def add_ctx_flag(parser: argparse.ArgumentParser, default: "int | None", help: str) -> None:
     """-c/--ctx-size (dest n_ctx), with the command's own default and meaning."""
     parser.add_argument("-c", "--ctx-size", "--ctx", dest="n_ctx", type=int, default=default, metavar="N", help=help)

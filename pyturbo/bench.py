@@ -23,8 +23,8 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from ._cli import (ArgumentParser, add_cache_flags, add_common_flags, add_flash_attn_flag, add_kv_transform_flag,
-                   int_list, run_main, setup_logging)
+from ._cli import (DEFAULT_CLI_N_BATCH, DEFAULT_CLI_N_UBATCH, ArgumentParser, add_batch_flags, add_cache_flags,
+                   add_common_flags, add_flash_attn_flag, add_kv_transform_flag, int_list, run_main, setup_logging)
 from ._report import OUTPUT_FORMATS, emit, markdown_table, pyplot
 from .cache_types import cache_type, flash_attn_mode
 from .context import default_threads
@@ -54,6 +54,8 @@ class BenchResult:
     samples_ts: list = field(default_factory=list)
     kv_transform: str = "off"  # the exact K/V transforms applied (pyturbo.kv_transform)
     n_gpu_layers: int = 0      # layers offloaded to the GPU
+    n_batch: int = DEFAULT_CLI_N_BATCH    # the context's logical batch (-b)
+    n_ubatch: int = DEFAULT_CLI_N_UBATCH  # and physical batch (-ub)
 
 
 def test_name(n_prompt: int, n_gen: int, n_depth: int) -> str:
@@ -83,7 +85,7 @@ def time_test(ctx, rng: random.Random, n_vocab: int, n_depth: int, n_prompt: int
 def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_gen: Sequence[int] = (128,),
         depths: Sequence[int] = (0,), cache_k: Sequence[str] = ("f16",), cache_v: Sequence[str] = ("f16",),
         flash_attn: Sequence[str] = ("auto",), n_threads: "int | None" = None, repetitions: int = 5,
-        n_batch: int = 2048, n_ubatch: int = 512, seed: int = 0, progress: bool = True,
+        n_batch: int = DEFAULT_CLI_N_BATCH, n_ubatch: int = DEFAULT_CLI_N_UBATCH, seed: int = 0, progress: bool = True,
         kv_transform: "str | int" = "auto", n_gpu_layers: int = 0) -> list[BenchResult]:
     """Run every (K, V, flash attention, depth, test) combination; see the module docstring."""
     if repetitions < 1:
@@ -127,7 +129,8 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
                             avg_ts=statistics.fmean(samples),
                             stddev_ts=statistics.stdev(samples) if len(samples) > 1 else 0.0,
                             kv_bytes=kv["k"] + kv["v"], n_ctx=ctx.n_ctx, samples_ts=samples,
-                            kv_transform=ctx.kv_transform, n_gpu_layers=model.n_gpu_layers))
+                            kv_transform=ctx.kv_transform, n_gpu_layers=model.n_gpu_layers,
+                            n_batch=ctx.n_batch, n_ubatch=ctx.n_ubatch))
         bar.close()
     return results
 
@@ -173,8 +176,7 @@ def build_parser() -> ArgumentParser:
     add_flash_attn_flag(parser, many=True)
     add_kv_transform_flag(parser)
     add_common_flags(parser)
-    parser.add_argument("-b", "--batch-size", type=int, default=2048, help="logical batch (default 2048)")
-    parser.add_argument("-ub", "--ubatch-size", type=int, default=512, help="physical batch (default 512)")
+    add_batch_flags(parser)
     parser.add_argument("-r", "--repetitions", type=int, default=5, help="timed runs per test (default 5)")
     parser.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="md", help="output format (default md)")
     parser.add_argument("--plot", metavar="PNG", help="also draw tokens/s against depth into this file")
@@ -186,7 +188,7 @@ def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     results = run(args.model, args.n_prompt, args.n_gen, args.n_depth, args.cache_k, args.cache_v,
-                  args.flash_attn, args.threads, args.repetitions, args.batch_size, args.ubatch_size, args.seed,
+                  args.flash_attn, args.threads, args.repetitions, args.n_batch, args.n_ubatch, args.seed,
                   kv_transform=args.kv_transform, n_gpu_layers=args.n_gpu_layers)
     emit(results, args.output, to_markdown, args.plot, plot)
     return 0

@@ -153,6 +153,11 @@ class Context(_native.NativeObject):
     def n_batch(self) -> int:
         return llama.llama_n_batch(self.handle)
 
+    @property
+    def n_ubatch(self) -> int:
+        """Tokens per graph evaluation (at most n_batch): what the compute buffer is sized for."""
+        return llama.llama_n_ubatch(self.handle)
+
     def kv_cache_bytes(self) -> dict:
         """Bytes of the K and V caches as llama.cpp allocated them: {"k": ..., "v": ...}.
 

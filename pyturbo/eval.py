@@ -16,8 +16,6 @@ import math
 import os
 import random
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,32 +25,14 @@ from tqdm import tqdm
 from ._cli import (ArgumentParser, add_ctx_flag, add_flash_attn_flag, add_kv_transform_flag, add_threads_flag,
                    add_verbose_flag, float_list, int_list, run_main, setup_logging)
 from ._report import emit, markdown_table, pyplot
-from .assets import default_text
 from .cache_types import UPSTREAM_CACHE_TYPES, kv_configs
 from .context import default_threads
 from .errors import ContextOverflowError, PyturboError
+from .kl_divergence import KLDResult, kld, read_text
 from .model import Model, open_model
 
 PROG = "python -m pyturbo.eval"
 REFERENCE = ("f16", "f16")
-
-
-@dataclass
-class KLDResult:
-    """One K/V configuration against the f16/f16 cache."""
-
-    type_k: str
-    type_v: str
-    bpv_k: float
-    bpv_v: float
-    kld: float          # mean KL divergence (reference || this), nats per token
-    kld_p99: float      # its 99th percentile over tokens
-    ppl: float
-    ppl_ratio: float    # ppl / reference ppl
-    same_top: float     # share of tokens whose most likely next token matches the reference's
-    n_tokens: int       # scored tokens
-    seconds: float
-    kv_transform: str = "off"   # the exact K/V transforms applied to this configuration
 
 
 @dataclass
@@ -66,110 +46,6 @@ class NeedleResult:
     trials: int
     passed: int
     kv_transform: str = "off"   # the exact K/V transforms applied to this configuration
-
-
-def _read_text(text: "str | os.PathLike | None") -> str:
-    if text is None:
-        return default_text()
-    path = Path(text)
-    if not path.is_file():
-        raise PyturboError(f"text file not found: {path}")
-    return path.read_text(encoding="utf-8", errors="replace")
-
-
-# -- KLD ------------------------------------------------------------------------------------------
-
-def _chunks(model: Model, text: str, n_ctx: int, chunks: "int | None") -> list[list[int]]:
-    with model.context(n_ctx=n_ctx, cache_k="f16", cache_v="f16") as ctx:
-        tokens = ctx.tokenize(text, add_special=False)
-        add_bos = ctx.model.add_bos
-    available = len(tokens) // n_ctx
-    n = available if chunks is None else min(chunks, available)
-    if n < 1:
-        raise PyturboError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}")
-    out = []
-    for i in range(n):
-        chunk = tokens[i * n_ctx:(i + 1) * n_ctx]
-        if add_bos:
-            chunk[0] = model.bos
-        out.append(chunk)
-    return out
-
-
-def _log_softmax(logits):
-    import numpy as np
-
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | None" = None,
-        n_ctx: int = 512, chunks: "int | None" = None, n_threads: "int | None" = None,
-        flash_attn: str = "auto", progress: bool = True, kv_transform: "str | int" = "auto") -> list[KLDResult]:
-    """KLD, PPL and same-top rate of each K/V configuration against the f16/f16 cache.
-
-    kv_transform applies to the configurations measured; the reference is always the
-    untransformed f16/f16 cache.
-
-    The reference log-probabilities are computed once and kept as float16 in a
-    temporary file (chunks x n_ctx/2 x n_vocab x 2 bytes), deleted at the end.
-    """
-    import numpy as np
-
-    pairs = kv_configs(configs)
-    if n_ctx < 16:
-        raise ValueError(f"n_ctx must be at least 16, got {n_ctx}")
-    corpus = _read_text(text)
-    with open_model(model) as model:
-        token_chunks = _chunks(model, corpus, n_ctx, chunks)
-        first = n_ctx // 2
-        n_scored = n_ctx - 1 - first
-        n_threads = n_threads or default_threads()
-        bar = tqdm(total=len(token_chunks) * (1 + len(pairs)), desc="kld", unit="chunk",
-                   file=sys.stderr, disable=not progress)
-        with tempfile.TemporaryDirectory(prefix="pyturbo-kld-") as tmp:
-            ref_logp = np.lib.format.open_memmap(Path(tmp) / "reference.npy", mode="w+", dtype=np.float16,
-                                                 shape=(len(token_chunks), n_scored, model.n_vocab))
-            ref_nll = np.empty((len(token_chunks), n_scored))
-            ref_top = np.empty((len(token_chunks), n_scored), dtype=np.int64)
-            bar.set_postfix_str("f16/f16 reference")
-            with model.context(n_ctx=n_ctx, cache_k="f16", cache_v="f16", flash_attn=flash_attn,
-                               n_threads=n_threads, kv_transform="off") as ctx:
-                for i, chunk in enumerate(token_chunks):
-                    logp = _log_softmax(ctx.score(chunk, first)[:-1])
-                    targets = np.array(chunk[first + 1:])
-                    ref_logp[i] = logp
-                    ref_nll[i] = -logp[np.arange(n_scored), targets]
-                    ref_top[i] = logp.argmax(axis=1)
-                    bar.update()
-            ref_ppl = math.exp(ref_nll.mean())
-
-            results = []
-            for type_k, type_v in pairs:
-                bar.set_postfix_str(f"{type_k.name}/{type_v.name}")
-                started = time.perf_counter()
-                klds, nlls, same = [], [], 0
-                with model.context(n_ctx=n_ctx, cache_k=type_k.name, cache_v=type_v.name,
-                                   flash_attn=flash_attn, n_threads=n_threads, kv_transform=kv_transform) as ctx:
-                    applied = ctx.kv_transform
-                    for i, chunk in enumerate(token_chunks):
-                        logp = _log_softmax(ctx.score(chunk, first)[:-1])
-                        reference = ref_logp[i].astype(np.float32)
-                        klds.append((np.exp(reference) * (reference - logp)).sum(axis=1))
-                        nlls.append(-logp[np.arange(n_scored), np.array(chunk[first + 1:])])
-                        same += int((logp.argmax(axis=1) == ref_top[i]).sum())
-                        bar.update()
-                all_kld = np.concatenate(klds)
-                ppl = math.exp(np.concatenate(nlls).mean())
-                results.append(KLDResult(
-                    type_k=type_k.name, type_v=type_v.name, bpv_k=type_k.bits_per_value,
-                    bpv_v=type_v.bits_per_value, kld=float(all_kld.mean()),
-                    kld_p99=float(np.percentile(all_kld, 99)), ppl=ppl, ppl_ratio=ppl / ref_ppl,
-                    same_top=same / all_kld.size, n_tokens=int(all_kld.size),
-                    seconds=time.perf_counter() - started, kv_transform=applied))
-            del ref_logp
-        bar.close()
-        return results
 
 
 def kld_to_markdown(results: Sequence[KLDResult]) -> str:
@@ -271,7 +147,7 @@ def niah(model: "Model | str | os.PathLike", lengths: Sequence[int], depths: Seq
                 f"{model.n_ctx_train} tokens; use lengths up to {model.n_ctx_train}")
         if min(lengths) <= 2 * ANSWER_TOKENS:
             raise ValueError(f"haystack lengths must exceed {2 * ANSWER_TOKENS} tokens")
-        filler_text = _read_text(text)
+        filler_text = read_text(text)
         n_threads = n_threads or default_threads()
         results = []
         bar = tqdm(total=len(pairs) * len(lengths) * len(depths) * trials, desc="niah", unit="trial",

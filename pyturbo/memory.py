@@ -113,6 +113,50 @@ def max_context(model, memory: "int | str", cache_k: str = "f16", cache_v: str =
     return (low * CELL_PADDING, found) if found else (0, None)
 
 
+# The n_ubatch values the planner tries, largest first: llama.cpp takes any n_ubatch up
+# to n_batch and reserves its compute buffer for one n_ubatch-token batch; these are
+# the powers of two its own tools offer.
+UBATCH_CHOICES = (512, 256, 128, 64, 32)
+
+# A smaller n_ubatch prefills slower (docs/results/ubatch-prefill-smollm2.md), so the
+# planner takes the largest one whose context is within this share of the longest.
+UBATCH_CONTEXT_SHARE = 0.95
+
+
+@dataclass(frozen=True)
+class BatchedFit:
+    """The longest context over n_ubatch choices: the largest n_ubatch that reaches the
+    limit, else that comes within UBATCH_CONTEXT_SHARE of the longest; what it reaches,
+    and what the first choice reached."""
+
+    n_ctx: int
+    estimate: "MemoryEstimate | None"
+    n_ubatch: int
+    n_ctx_first: int    # the context the first (default) choice reaches
+
+
+def max_context_over_ubatch(model, memory: "int | str", cache_k: str = "f16", cache_v: str = "f16", *,
+                            choices=UBATCH_CHOICES, limit: "int | None" = None, **kwargs) -> BatchedFit:
+    """max_context for each n_ubatch of `choices` (largest first), when the first does not
+    already reach `limit` (default the training context): the compute buffer grows with
+    n_ubatch (the logits alone are n_vocab x n_ubatch floats), so on a large-vocabulary
+    model in little memory it, not the KV cache, limits the context."""
+    header = _header_of(model)
+    limit = limit or model_geometry(header).n_ctx_train or 1 << 20
+    reached = {}
+    for n_ubatch in choices:
+        reached[n_ubatch] = max_context(header, memory, cache_k, cache_v, limit=limit, n_ubatch=n_ubatch, **kwargs)
+        if reached[choices[0]][0] >= limit:
+            break
+    longest = max(n for n, _ in reached.values())
+    # Reaching the limit is the goal itself; short of it, nearly the longest will do.
+    enough = longest if longest >= limit else UBATCH_CONTEXT_SHARE * longest
+    # The choice reaching the longest context qualifies itself, so next() always finds one.
+    n_ubatch = next(ub for ub, (n, _) in reached.items() if n >= enough)
+    n_ctx, est = reached[n_ubatch]
+    return BatchedFit(n_ctx, est, n_ubatch, reached[choices[0]][0])
+
+
 @dataclass
 class MemoryMeasurement(MemoryEstimate):
     """What llama.cpp allocated, read from its log: each figure exact to `resolution` bytes."""

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from ._cli import (ArgumentParser, add_cache_flags, add_common_flags, add_ctx_flag, add_flash_attn_flag,
-                   add_kv_transform_flag, add_swa_full_flag, run_main, setup_logging)
+from ._cli import (ArgumentParser, add_batch_flags, add_cache_flags, add_common_flags, add_ctx_flag,
+                   add_flash_attn_flag, add_kv_transform_flag, add_swa_full_flag, run_main, setup_logging)
 from .assets import default_model
 from .model import Model
 from .units import MiB
@@ -36,6 +36,7 @@ def build_parser() -> ArgumentParser:
     add_flash_attn_flag(parser)
     add_kv_transform_flag(parser)
     add_swa_full_flag(parser)
+    add_batch_flags(parser)
     add_common_flags(parser)
     parser.add_argument("-s", "--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--temp", type=float, default=0.0, help="temperature (default 0 = greedy)")
@@ -71,6 +72,7 @@ def run_once(ctx, args) -> None:
             "prompt_tps": stats.prompt_tps, "gen_tps": stats.gen_tps,
             "cache_k": ctx.cache_k.name, "cache_v": ctx.cache_v.name,
             "kv_k_bytes": kv["k"], "kv_v_bytes": kv["v"], "n_ctx": ctx.n_ctx, "kv_transform": ctx.kv_transform,
+            "n_batch": ctx.n_batch, "n_ubatch": ctx.n_ubatch,
             "stop_reason": stats.stop_reason,
         }))
         return
@@ -120,7 +122,8 @@ def main(argv: "list[str] | None" = None) -> int:
     with Model(model_path(args), n_gpu_layers=args.n_gpu_layers) as model, \
             model.context(n_ctx=args.n_ctx, cache_k=args.cache_k, cache_v=args.cache_v,
                           flash_attn=args.flash_attn, n_threads=args.threads, seed=args.seed,
-                          kv_transform=args.kv_transform, swa_full=args.swa_full) as ctx:
+                          kv_transform=args.kv_transform, swa_full=args.swa_full, n_batch=args.n_batch,
+                          n_ubatch=args.n_ubatch) as ctx:
         if args.chat:
             chat_loop(ctx, args)
         else:

@@ -198,7 +198,8 @@ def test_fit_cli_finds_the_largest_context_that_fits(header_70b, tmp_path):
     for r in plan["results"]:
         if r["n_ctx"] and r["n_ctx"] < plan["n_ctx_train"]:
             assert r["total"] <= budget
-            bigger = memory.estimate(header_70b, r["n_ctx"] + 256, r["type_k"], r["type_v"], weight_quant="q4_K_M")
+            bigger = memory.estimate(header_70b, r["n_ctx"] + 256, r["type_k"], r["type_v"], weight_quant="q4_K_M",
+                                     n_ubatch=r["n_ubatch"])
             assert bigger.total > budget
     ranked = [r["n_ctx"] for r in plan["results"]]
     assert ranked[0] < ranked[-1]                      # f16/f16 reaches less than turbo2/turbo2

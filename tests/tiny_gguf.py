@@ -14,7 +14,7 @@ WORD_TOKENS = ["▁the", "▁cat", "▁sat", "▁on", "▁mat", "▁dog"] + [f"�
 def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: int = 1,
                      n_layer: int = 2, n_ff: int = 256, n_ctx_train: int = 2048, seed: int = 0,
                      chat_template: "str | None" = None, arch: str = "llama", bias: float = 0.0,
-                     qk_gain: float = 1.0) -> Path:
+                     qk_gain: float = 1.0, n_vocab_extra: int = 0) -> Path:
     """A llama model with random weights and an SPM vocabulary with byte fallback.
 
     The default head size is 64 (n_embd / n_head) so that llama.cpp's KV rotation
@@ -22,16 +22,19 @@ def write_tiny_llama(path: Path, n_embd: int = 128, n_head: int = 2, n_head_kv: 
     projection biases the way Qwen2 has them: K's with outliers of size `bias` in the
     lowest-frequency RoPE channels (see qwen2_biases).
     qk_gain scales W_q and W_k: larger scores, sharper attention, more sensitive to K errors.
+    n_vocab_extra adds that many unused tokens: a large vocabulary makes the logits, not the
+    KV cache, the largest part of the memory a context needs.
     arch="qwen3" adds Qwen3's per-head Q/K RMS norms (gains around 1, a few channels 8x);
     arch="gemma3" those and Gemma 3's post-attention/post-FFN norms, with a sliding window
     of 64 tokens on every layer but each sixth (llama.cpp's Gemma 3 pattern).
     """
     rng = np.random.default_rng(seed)
     head_size = n_embd // n_head
-    tokens = SPECIAL_TOKENS + [f"<0x{b:02X}>" for b in range(256)] + WORD_TOKENS
+    extra = [f"<unused{i}>" for i in range(n_vocab_extra)]
+    tokens = SPECIAL_TOKENS + [f"<0x{b:02X}>" for b in range(256)] + WORD_TOKENS + extra
     types = ([TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
-             + [TokenType.NORMAL] * len(WORD_TOKENS))
-    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(WORD_TOKENS))]
+             + [TokenType.NORMAL] * len(WORD_TOKENS) + [TokenType.UNUSED] * len(extra))
+    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(WORD_TOKENS))] + [-1e4] * len(extra)
     n_vocab = len(tokens)
 
     writer = GGUFWriter(str(path), arch)
