@@ -207,7 +207,7 @@ def evaluate(header: GGUFHeader, configs: Sequence[tuple], memory: "int | None",
 
 
 def _quality_text(r: FitResult) -> str:
-    return f"KLD {r.kld:g} vs f16, {r.kld_source}" if r.kld is not None else "unmeasured quality"
+    return f"KLD {r.kld:.4g} vs f16, {r.kld_source}" if r.kld is not None else "unmeasured quality"
 
 
 def run_flags(r: FitResult, n_ctx: int, swa_full: bool = False) -> str:
@@ -273,7 +273,7 @@ def quality_warning(r: FitResult) -> "str | None":
     """A warning when the KLD of r's configuration is above KLD_WARNING, else None."""
     if r.kld is None or r.kld <= KLD_WARNING:
         return None
-    return (f"{r.type_k}/{r.type_v} has a mean KLD of {r.kld:g} against the f16 cache ({r.kld_source}; "
+    return (f"{r.type_k}/{r.type_v} has a mean KLD of {r.kld:.4g} against the f16 cache ({r.kld_source}; "
             f"above {KLD_WARNING:g}): expect visibly different, worse output; a shorter context (-c), "
             "more memory or smaller weights (the what-if table) allows a better cache")
 
@@ -336,7 +336,7 @@ def to_markdown(p: Plan) -> str:
     header.append("KLD from")
     rows = []
     for r in p.results:
-        kld = "-" if r.kld is None else f"{r.kld:g}"
+        kld = "-" if r.kld is None else f"{r.kld:.4g}"
         if by_ctx:
             row = [f"{r.type_k}/{r.type_v}", f"{r.bits_per_value:g}", kld, str(r.n_ctx), str(r.n_ubatch),
                    _size_cell(r.kv_k + r.kv_v), _size_cell(r.compute), _size_cell(r.total)]
