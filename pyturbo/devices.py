@@ -54,14 +54,14 @@ def offload_devices() -> list[Device]:
     return [device for device in devices() if device.offloads_layers]
 
 
-def device_handles(names) -> "ffi.CData":
-    """A NULL-terminated ggml_backend_dev_t array for llama_model_params.devices.
+def find_offload_devices(names) -> list[Device]:
+    """The named devices, each one that takes model layers.
 
     Raises DeviceError for an unknown name (listing the known ones) or for a device that
     takes no layers (the CPU: layers that are not offloaded stay there anyway).
     """
     known = {device.name: device for device in devices()}
-    handles = []
+    found = []
     for name in names:
         device = known.get(name)
         if device is None:
@@ -70,5 +70,12 @@ def device_handles(names) -> "ffi.CData":
             offload = [d.name for d in known.values() if d.offloads_layers]
             raise DeviceError(f"{name} ({device.kind}) takes no offloaded layers; leave it out "
                               f"(layers not offloaded run on the CPU). Offload devices: {', '.join(offload) or 'none'}")
-        handles.append(ggml_backend.ggml_backend_dev_by_name(name.encode()))
+        found.append(device)
+    return found
+
+
+def device_handles(names) -> "ffi.CData":
+    """A NULL-terminated ggml_backend_dev_t array for llama_model_params.devices
+    (DeviceError as find_offload_devices)."""
+    handles = [ggml_backend.ggml_backend_dev_by_name(device.name.encode()) for device in find_offload_devices(names)]
     return ffi.new("ggml_backend_dev_t[]", handles + [ffi.NULL])

@@ -43,8 +43,8 @@ from ._report import markdown_table
 from .assets import default_model, default_text
 from .cache_types import check_cache, flash_attn_mode, kv_configs
 from .context import default_threads
-from .devices import Device, devices
-from .errors import CacheTypeError, DeviceError, PyturboError
+from .devices import Device, devices, find_offload_devices, offload_devices
+from .errors import CacheTypeError, PyturboError
 from .model import Model
 
 PROG = "python -m pyturbo.selftest"
@@ -138,23 +138,11 @@ def probe(model: Model, plan: ProbePlan, type_k: str, type_v: str, state: bytes,
 
 
 def select_devices(names: "Sequence[str] | None") -> list[Device]:
-    """The accelerators to test: those named, or every one that takes layers."""
-    available = devices()
-    offload = [device for device in available if device.offloads_layers]
+    """The accelerators to test: those named (the CPU, always tested, may be among them), or
+    every one that takes layers."""
     if names is None:
-        return offload
-    by_name = {device.name: device for device in available}
-    chosen = []
-    for name in names:
-        if name == "CPU":
-            continue  # always tested
-        if name not in by_name:
-            raise DeviceError(f"no device {name!r} in this build of pyturbo; devices: {', '.join(by_name)}")
-        if not by_name[name].offloads_layers:
-            raise DeviceError(f"{name} ({by_name[name].kind}) takes no model layers; offload devices: "
-                              f"{', '.join(d.name for d in offload) or 'none'}")
-        chosen.append(by_name[name])
-    return chosen
+        return offload_devices()
+    return find_offload_devices([name for name in names if name != "CPU"])
 
 
 def usable_pairs(model: Model, pairs) -> "tuple[list, list[SelftestRow]]":
