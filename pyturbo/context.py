@@ -206,6 +206,12 @@ class Context(_native.NativeObject):
             return False
         return llama.llama_memory_seq_pos_min(self._memory, 0) > max(0, n_keep - n_swa)
 
+    def _check_fits(self, n_new: int) -> None:
+        """ContextOverflowError unless n_new tokens fit after the cached ones."""
+        if len(self._cached) + n_new > self.n_ctx:
+            raise ContextOverflowError(f"{len(self._cached)} cached + {n_new} new tokens do not fit a context "
+                                       f"of {self.n_ctx}")
+
     def _decode(self, tokens: Sequence[int], context_shift: bool = False) -> None:
         """Append tokens to the cache (sequence 0), n_batch at a time; with context_shift,
         tokens that do not fit push the older ones out (see _shift_out)."""
@@ -213,10 +219,9 @@ class Context(_native.NativeObject):
         step = min(self.n_batch, max(1, (self.n_ctx - SHIFT_KEEP) // 2)) if context_shift else self.n_batch
         for start in range(0, len(tokens), step):
             chunk = list(tokens[start:start + step])
-            if len(self._cached) + len(chunk) > self.n_ctx:
-                if not context_shift:
-                    raise ContextOverflowError(f"{len(self._cached)} cached + {len(chunk)} new tokens do not "
-                                               f"fit a context of {self.n_ctx}")
+            if not context_shift:
+                self._check_fits(len(chunk))
+            elif len(self._cached) + len(chunk) > self.n_ctx:
                 self._shift_out()
             ids = ffi.new("llama_token[]", chunk)
             with _native.captured_log() as log:
@@ -244,9 +249,7 @@ class Context(_native.NativeObject):
     def decode(self, tokens: Sequence[int]) -> None:
         """Evaluate tokens after those already in the cache (only the last one's logits are kept)."""
         with self._exclusive():
-            if len(self._cached) + len(tokens) > self.n_ctx:
-                raise ContextOverflowError(
-                    f"{len(self._cached)} cached + {len(tokens)} new tokens do not fit a context of {self.n_ctx}")
+            self._check_fits(len(tokens))
             self._decode(tokens)
             llama.llama_synchronize(self.handle)
 
@@ -270,9 +273,7 @@ class Context(_native.NativeObject):
         if not tokens:
             raise ValueError("score_next needs at least one token")
         with self._exclusive():
-            if len(self._cached) + len(tokens) > self.n_ctx:
-                raise ContextOverflowError(
-                    f"{len(self._cached)} cached + {len(tokens)} new tokens do not fit a context of {self.n_ctx}")
+            self._check_fits(len(tokens))
             return self._score(tokens, 0)
 
     def _score(self, tokens, first_output):
