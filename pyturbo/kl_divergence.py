@@ -80,6 +80,12 @@ def _log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def scored_per_chunk(n_ctx: int) -> int:
+    """Tokens kld() scores in a chunk of n_ctx: those after the first half (which gives each
+    scored token a context of at least n_ctx/2), but the last, which predicts nothing."""
+    return n_ctx - 1 - n_ctx // 2
+
+
 def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | None" = None,
         n_ctx: int = 512, chunks: "int | None" = None, n_threads: "int | None" = None,
         flash_attn: str = "auto", progress: bool = True, kv_transform: "str | int" = "auto") -> list[KLDResult]:
@@ -100,7 +106,7 @@ def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | 
     with open_model(model) as model:
         token_chunks = _chunks(model, corpus, n_ctx, chunks)
         first = n_ctx // 2
-        n_scored = n_ctx - 1 - first
+        n_scored = scored_per_chunk(n_ctx)
         n_threads = n_threads or default_threads()
         bar = tqdm(total=len(token_chunks) * (1 + len(pairs)), desc="kld", unit="chunk",
                    file=sys.stderr, disable=not progress)

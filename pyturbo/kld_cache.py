@@ -117,7 +117,7 @@ def measure(model: "str | os.PathLike", configs: Sequence[tuple], chunks: int = 
         results = kl_divergence.kld(path, [_config_key(c) for c in missing], text=text, n_ctx=n_ctx, chunks=chunks,
                                     n_threads=n_threads, progress=progress)
         # kld() stops at the chunks the text holds: record how many were scored.
-        scored = results[0].n_tokens // (n_ctx - 1 - n_ctx // 2)
+        scored = results[0].n_tokens // kl_divergence.scored_per_chunk(n_ctx)
         for r in results:
             fresh[(r.type_k, r.type_v)] = MeasuredKLD(kld=r.kld, chunks=scored, chunks_asked=chunks, n_ctx=n_ctx,
                                                       text=text_id, kv_transform=r.kv_transform)
