@@ -2,6 +2,8 @@
 
 #include "turbo-metal.h"
 
+#include <cstdio>
+
 namespace {
 
 bool is_turbo(ggml_type type) {
@@ -39,6 +41,18 @@ bool flash_attn_supported(const ggml_tensor * op, bool has_simdgroup_mm) {
 
 bool pyturbo_metal_fa_kv_types_supported(ggml_type k, ggml_type v) {
     return is_turbo(v) && (k == v || k == GGML_TYPE_Q8_0);
+}
+
+void pyturbo_metal_fa_kv_type_name(const ggml_tensor * op, bool use_kv_f16, char * buf, size_t size) {
+    const ggml_type k = op->src[1]->type;
+    const ggml_type v = op->src[2]->type;
+    if (use_kv_f16) {
+        snprintf(buf, size, "f16");
+    } else if (k == v) {
+        snprintf(buf, size, "%s", ggml_type_name(k));
+    } else {
+        snprintf(buf, size, "%s_%s", ggml_type_name(k), ggml_type_name(v));
+    }
 }
 
 bool pyturbo_metal_supports_op(const ggml_tensor * op, bool has_simdgroup_mm, bool * supported) {

@@ -6,6 +6,7 @@
 #include "ggml.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -27,6 +28,11 @@ bool pyturbo_metal_supports_op(const struct ggml_tensor * op, bool has_simdgroup
 // Whether flash attention over this K type and V type has Metal kernels
 // (any head size); a pair of different types is always a turbo pair.
 bool pyturbo_metal_fa_kv_types_supported(enum ggml_type k, enum ggml_type v);
+
+// The K/V part of a flash-attention kernel's name, into buf: "f16" when K and V go
+// through the F16 pre-pass, the K type when V has the same type, else "<K>_<V>" (a
+// q8_0 K with a turbo V: pyturbo's kernels, named after both types).
+void pyturbo_metal_fa_kv_type_name(const struct ggml_tensor * op, bool use_kv_f16, char * buf, size_t size);
 
 #ifdef __cplusplus
 }
