@@ -33,17 +33,36 @@ target_sources(llama PRIVATE
     ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.cpp
     ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.h
     ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration-text.h
-    ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.cpp)
+    ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.cpp
+    ${PYTURBO_CSRC_DIR}/llama/turbo-guard.h
+    ${PYTURBO_CSRC_DIR}/llama/turbo-guard.cpp)
 target_include_directories(llama PRIVATE ${PYTURBO_CSRC_DIR}/llama)
 # llama compiles its sources in unity batches; ours stand alone, so their file-local names meet no one else's
 set_source_files_properties(${PYTURBO_CSRC_DIR}/llama/turbo-llama.cpp ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.cpp
                             ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.cpp
+                            ${PYTURBO_CSRC_DIR}/llama/turbo-guard.cpp
                             TARGET_DIRECTORY llama PROPERTIES SKIP_UNITY_BUILD_INCLUSION ON)
 # turbo-kv-calibration.cpp asks a weight's buffer whether it can be read back (ggml-backend-impl.h):
 # CPU weights repacked for SIMD cannot
 get_target_property(pyturbo_ggml_base_dir ggml-base SOURCE_DIR)
 set_source_files_properties(${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.cpp TARGET_DIRECTORY llama
                             PROPERTIES INCLUDE_DIRECTORIES ${pyturbo_ggml_base_dir})
+
+# turbo-guard.cpp's abort callback throws through ggml_abort (ggml.c) back to the guarded
+# call: give that C file the unwind tables every compiler does not emit for C by default.
+if(CMAKE_C_COMPILER_ID MATCHES "GNU|Clang")
+    set_property(SOURCE ${pyturbo_ggml_base_dir}/ggml.c TARGET_DIRECTORY ggml-base
+                 APPEND PROPERTY COMPILE_OPTIONS -fexceptions)
+endif()
+
+# RPC (GGML_RPC, on in pyturbo's build): TCP keepalive on its connections (patches/0009
+# calls it from transport.cpp) and the memory-capped device of pyturbo.rpc_worker --mem.
+if(TARGET ggml-rpc)
+    target_sources(ggml-rpc PRIVATE
+        ${PYTURBO_CSRC_DIR}/rpc/turbo-rpc.h
+        ${PYTURBO_CSRC_DIR}/rpc/turbo-rpc.cpp)
+    target_include_directories(ggml-rpc PRIVATE ${PYTURBO_CSRC_DIR}/rpc)
+endif()
 
 # Metal: supports_op for the turbo types (patches/0008 calls it from ggml-metal-device.m and
 # ggml-metal-ops.cpp); the kernels themselves are Metal sources that ggml-metal's own

@@ -20,6 +20,7 @@ from .cache_types import (
 )
 from .context import Context, GenerationStats
 from .errors import (
+    BackendError,
     CacheTypeError,
     ContextBusyError,
     ContextError,
@@ -31,6 +32,7 @@ from .errors import (
     PyturboError,
     PyturboWarning,
     QuantizeError,
+    RPCError,
     StateError,
     WeightTypeError,
 )
@@ -44,5 +46,5 @@ __all__ = [
     "default_model", "cache_dir", "GGML_TYPE_TURBO2", "GGML_TYPE_TURBO3", "GGML_TYPE_TURBO4",
     "PyturboError", "LibraryError", "ModelNotFoundError", "InvalidModelError", "CacheTypeError",
     "ContextError", "ContextOverflowError", "ContextBusyError", "StateError", "PyturboWarning", "DownloadError",
-    "QuantizeResult", "QuantizeError", "WeightTypeError",
+    "QuantizeResult", "QuantizeError", "WeightTypeError", "RPCError", "BackendError",
 ]

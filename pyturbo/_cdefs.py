@@ -68,9 +68,21 @@ void pyturbo_kv_transform_request(int32_t flags);
 int32_t pyturbo_kv_transform_flags(const struct llama_context * ctx);
 int32_t pyturbo_kv_transform_auto_flags(const struct llama_model * model);
 int32_t pyturbo_kv_transform_supported_flags(const struct llama_model * model);
+
+// csrc/llama/turbo-guard.h: calls that report a ggml abort instead of ending the process
+int32_t pyturbo_guarded_decode(struct llama_context * ctx, struct llama_batch batch, char * error, size_t error_size);
+int32_t pyturbo_guarded_rpc_add_server(const char * endpoint, char * error, size_t error_size);
+int32_t pyturbo_guarded_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total,
+                                   char * error, size_t error_size);
 """
 
-# Functions from libggml-cpu (a separate library).
+# libggml-rpc (GGML_RPC, on in pyturbo's build): the worker side, and csrc/rpc/turbo-rpc.h.
+GGML_RPC_CDEFS = """
+void ggml_backend_rpc_start_server(const char * endpoint, const char * cache_dir, size_t n_threads,
+                                   size_t n_devices, ggml_backend_dev_t * devices);
+ggml_backend_dev_t pyturbo_rpc_device_with_memory(ggml_backend_dev_t device, size_t bytes);
+"""
+
 # libggml's backend registry (ggml-backend.h): the devices this build can place layers on.
 GGML_BACKEND_CDEFS = """
 enum ggml_backend_dev_type {
@@ -90,6 +102,7 @@ void ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * 
 enum ggml_backend_dev_type ggml_backend_dev_type(ggml_backend_dev_t device);
 """
 
+# Functions from libggml-cpu (a separate library).
 GGML_CPU_CDEFS = """
 const struct ggml_type_traits_cpu * ggml_get_type_traits_cpu(enum ggml_type type);
 """
@@ -233,6 +246,7 @@ typedef struct llama_chat_message {
 } llama_chat_message;
 
 struct llama_model_params llama_model_default_params(void);
+size_t llama_max_devices(void);
 struct llama_context_params llama_context_default_params(void);
 struct llama_sampler_chain_params llama_sampler_chain_default_params(void);
 

@@ -104,8 +104,19 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """-t, -ngl and --verbose: what every command that runs a model takes."""
     add_threads_flag(parser)
     parser.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", dest="n_gpu_layers", type=int,
-                        default=0, metavar="N", help="layers to offload to the GPU (default 0)")
+                        default=None, metavar="N", help="layers to offload to the GPUs or RPC workers, -1 all "
+                                                        "(default 0; all with --rpc)")
     add_verbose_flag(parser)
+
+
+def add_rpc_flags(parser: argparse.ArgumentParser) -> None:
+    """--rpc and -ts/--tensor-split, as llama.cpp's (dest rpc, tensor_split)."""
+    parser.add_argument("--rpc", dest="rpc", default=None, metavar="HOST:PORT[,...]",
+                        help="RPC workers (python -m pyturbo.rpc_worker) that take the offloaded layers and "
+                             "their KV cache")
+    parser.add_argument("-ts", "--tensor-split", dest="tensor_split", type=float_list, default=None,
+                        metavar="N0,N1,...", help="share of the offloaded layers per device, e.g. 1,1 "
+                                                  "(default: by free memory)")
 
 
 def int_list(text: str) -> list[int]:

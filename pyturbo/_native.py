@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
 import weakref
@@ -21,7 +22,7 @@ from pathlib import Path
 import cffi
 
 from . import _cdefs
-from .errors import LibraryError, PyturboError
+from .errors import BackendError, LibraryError, PyturboError
 
 logger = logging.getLogger("pyturbo.llama_cpp")
 # Quiet unless the application configures logging (the CLIs' --verbose does).
@@ -79,6 +80,7 @@ ffi = cffi.FFI()
 ffi.cdef(_cdefs.GGML_CDEFS)
 ffi.cdef(_cdefs.GGML_CPU_CDEFS)
 ffi.cdef(_cdefs.GGML_BACKEND_CDEFS)
+ffi.cdef(_cdefs.GGML_RPC_CDEFS)
 ffi.cdef(_cdefs.TURBO_CDEFS)
 ffi.cdef(_cdefs.LLAMA_CDEFS)
 ffi.cdef(_cdefs.PYTURBO_LLAMA_CDEFS)
@@ -102,11 +104,21 @@ def _load_libraries() -> dict:
         if not _loaded:
             # Load order follows the dependency chain so each dlopen finds its neighbours loaded.
             libraries = {name: _dlopen(name) for name in ("ggml-base", "ggml-cpu", "ggml", "llama")}
+            if _has_library("ggml-rpc"):  # GGML_RPC: on in pyturbo's build, perhaps not in another
+                libraries["ggml-rpc"] = _dlopen("ggml-rpc")
             _check_turbo_types(libraries["ggml-base"])
             _loaded.update(libraries)
             install_log_bridge()
             libraries["llama"].llama_backend_init()
         return _loaded
+
+
+def _has_library(name: str) -> bool:
+    try:
+        _library_path(library_dir(), name)
+    except LibraryError:
+        return False
+    return True
 
 
 def _check_turbo_types(ggml_base) -> None:
@@ -126,7 +138,10 @@ class _Library:
         self._name = name
 
     def __getattr__(self, symbol: str):
-        value = getattr(_load_libraries()[self._name], symbol)
+        libraries = _load_libraries()
+        if self._name not in libraries:
+            raise LibraryError(f"this build of pyturbo has no lib{self._name} in {library_dir()}")
+        value = getattr(libraries[self._name], symbol)
         setattr(self, symbol, value)
         return value
 
@@ -137,6 +152,7 @@ class _Library:
 ggml = _Library("ggml-base")
 ggml_cpu = _Library("ggml-cpu")
 ggml_backend = _Library("ggml")  # the backend registry: devices
+ggml_rpc = _Library("ggml-rpc")  # the RPC backend's server side (pyturbo.rpc_worker)
 llama = _Library("llama")
 
 
@@ -238,15 +254,25 @@ def c_string(value) -> str:
 class NativeObject:
     """Owns one C handle: freed once, by close(), the end of a `with` block or garbage collection."""
 
+    _abandoned_because = ""
+
     def _own(self, handle, free) -> None:
         self._handle = handle
         self._finalizer = weakref.finalize(self, free, handle)
 
     @property
     def handle(self):
+        if self._abandoned_because:
+            raise PyturboError(f"this {type(self).__name__} is unusable: {self._abandoned_because}")
         if self.closed:
             raise PyturboError(f"this {type(self).__name__} is closed")
         return self._handle
+
+    def abandon(self, reason: str) -> None:
+        """Never free the native object (its backend is gone: freeing would talk to it) and
+        refuse every later use with `reason`. Costs its memory until the process ends."""
+        self._abandoned_because = reason
+        self._finalizer.detach()
 
     def close(self) -> None:
         """Free the native object. Safe to call twice."""
@@ -261,3 +287,21 @@ class NativeObject:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+GUARD_ABORTED = -1000  # PYTURBO_GUARD_ABORTED, csrc/llama/turbo-guard.h
+
+
+def guarded_decode(context, batch) -> int:
+    """llama_decode on context.handle (and the wait for its work), its status as llama.cpp returns it.
+
+    Where ggml would end the process instead (a lost RPC worker, a failed assertion in
+    this thread), the context's model and all its contexts are abandoned and
+    BackendError raised with ggml's message.
+    """
+    error = ffi.new("char[]", 1024)
+    status = llama.pyturbo_guarded_decode(context.handle, batch, error, len(error))
+    if status != GUARD_ABORTED:
+        return status
+    message = re.sub(r"^\S+:\d+: ", "", c_string(error).strip())  # ggml's "file:line: " prefix
+    raise BackendError(context.model.backend_failed(f"during llama_decode: {message}"))

@@ -24,7 +24,8 @@ from typing import Sequence
 from tqdm import tqdm
 
 from ._cli import (DEFAULT_CLI_N_BATCH, DEFAULT_CLI_N_UBATCH, ArgumentParser, add_batch_flags, add_cache_flags,
-                   add_common_flags, add_flash_attn_flag, add_kv_transform_flag, int_list, run_main, setup_logging)
+                   add_common_flags, add_flash_attn_flag, add_kv_transform_flag, add_rpc_flags, int_list, run_main,
+                   setup_logging)
 from ._report import OUTPUT_FORMATS, emit, markdown_table, pyplot
 from .cache_types import cache_type, flash_attn_mode
 from .context import default_threads
@@ -53,7 +54,8 @@ class BenchResult:
     n_ctx: int
     samples_ts: list = field(default_factory=list)
     kv_transform: str = "off"  # the exact K/V transforms applied (pyturbo.kv_transform)
-    n_gpu_layers: int = 0      # layers offloaded to the GPU
+    n_gpu_layers: int = 0      # layers offloaded to the GPUs or RPC workers (-1: all)
+    rpc: str = ""              # the RPC workers, comma-separated (pyturbo.rpc)
     n_batch: int = DEFAULT_CLI_N_BATCH    # the context's logical batch (-b)
     n_ubatch: int = DEFAULT_CLI_N_UBATCH  # and physical batch (-ub)
 
@@ -86,7 +88,9 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
         depths: Sequence[int] = (0,), cache_k: Sequence[str] = ("f16",), cache_v: Sequence[str] = ("f16",),
         flash_attn: Sequence[str] = ("auto",), n_threads: "int | None" = None, repetitions: int = 5,
         n_batch: int = DEFAULT_CLI_N_BATCH, n_ubatch: int = DEFAULT_CLI_N_UBATCH, seed: int = 0, progress: bool = True,
-        kv_transform: "str | int" = "auto", n_gpu_layers: int = 0) -> list[BenchResult]:
+        kv_transform: "str | int" = "auto", n_gpu_layers: "int | None" = None,
+        rpc: "str | Sequence[str] | None" = None,
+        tensor_split: "Sequence[float] | None" = None) -> list[BenchResult]:
     """Run every (K, V, flash attention, depth, test) combination; see the module docstring."""
     if repetitions < 1:
         raise ValueError(f"repetitions must be >= 1, got {repetitions}")
@@ -103,7 +107,7 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
     n_threads = n_threads or default_threads()
     n_ctx = max(depths) + max(max(p, g) for p, g in tests)
     results = []
-    with open_model(model, n_gpu_layers=n_gpu_layers) as model:
+    with open_model(model, n_gpu_layers=n_gpu_layers, rpc=rpc, tensor_split=tensor_split) as model:
         bar = tqdm(total=len(configs) * len(depths) * len(tests) * (repetitions + 1), desc="bench",
                    unit="run", file=sys.stderr, disable=not progress)
         for type_k, type_v, fa in configs:
@@ -130,6 +134,7 @@ def run(model: "Model | str | os.PathLike", n_prompt: Sequence[int] = (512,), n_
                             stddev_ts=statistics.stdev(samples) if len(samples) > 1 else 0.0,
                             kv_bytes=kv["k"] + kv["v"], n_ctx=ctx.n_ctx, samples_ts=samples,
                             kv_transform=ctx.kv_transform, n_gpu_layers=model.n_gpu_layers,
+                            rpc=",".join(model.rpc),
                             n_batch=ctx.n_batch, n_ubatch=ctx.n_ubatch))
         bar.close()
     return results
@@ -176,6 +181,7 @@ def build_parser() -> ArgumentParser:
     add_flash_attn_flag(parser, many=True)
     add_kv_transform_flag(parser)
     add_common_flags(parser)
+    add_rpc_flags(parser)
     add_batch_flags(parser)
     parser.add_argument("-r", "--repetitions", type=int, default=5, help="timed runs per test (default 5)")
     parser.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="md", help="output format (default md)")
@@ -189,7 +195,8 @@ def main(argv: "list[str] | None" = None) -> int:
     setup_logging(args.verbose)
     results = run(args.model, args.n_prompt, args.n_gen, args.n_depth, args.cache_k, args.cache_v,
                   args.flash_attn, args.threads, args.repetitions, args.n_batch, args.n_ubatch, args.seed,
-                  kv_transform=args.kv_transform, n_gpu_layers=args.n_gpu_layers)
+                  kv_transform=args.kv_transform, n_gpu_layers=args.n_gpu_layers, rpc=args.rpc,
+                  tensor_split=args.tensor_split)
     emit(results, args.output, to_markdown, args.plot, plot)
     return 0
 

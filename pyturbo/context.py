@@ -225,7 +225,7 @@ class Context(_native.NativeObject):
                 self._shift_out()
             ids = ffi.new("llama_token[]", chunk)
             with _native.captured_log() as log:
-                status = llama.llama_decode(self.handle, llama.llama_batch_get_one(ids, len(chunk)))
+                status = _native.guarded_decode(self, llama.llama_batch_get_one(ids, len(chunk)))
             if status != 0:
                 self._cached = self._cached[:max(0, llama.llama_memory_seq_pos_max(self._memory, 0) + 1)]
                 reason = _native.last_problem(log) or f"llama_decode returned {status}"
@@ -297,7 +297,7 @@ class Context(_native.NativeObject):
                     n_out += start + i >= first_output
                 batch.n_tokens = len(chunk)
                 with _native.captured_log() as log:
-                    status = llama.llama_decode(self.handle, batch)
+                    status = _native.guarded_decode(self, batch)
                 if status != 0:
                     self._clear()
                     reason = _native.last_problem(log) or f"llama_decode returned {status}"

@@ -1,15 +1,20 @@
 """Devices: the CPU and the accelerators (CUDA, Metal, RPC workers) pyturbo's library can use.
 
-Names are llama.cpp's (`llama-cli --list-devices`): "CPU", "CUDA0", "MTL0", "RPC[host:port]".
-A model's layers go to the accelerators it is given (`Model(path, n_gpu_layers=99,
-devices=["CUDA0"])`, all of them when none are named); what is not offloaded stays on the CPU.
+Names are llama.cpp's (`llama-cli --list-devices`): "CPU", "CUDA0", "MTL0", and "RPC0",
+"RPC1", ... for the devices of RPC workers (their description is the worker's host:port;
+pyturbo.rpc). A model's layers go to the accelerators it is given (`Model(path,
+n_gpu_layers=99, devices=["CUDA0"])`, all local ones and its own RPC workers' when none
+are named); what is not offloaded stays on the CPU.
+
+    python -m pyturbo.selftest --list-devices [--rpc host:port,...]   # lists them
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
-from ._native import ffi, ggml_backend
+from ._native import ffi, ggml_backend, llama
 from .errors import DeviceError
 
 # enum ggml_backend_dev_type, in declaration order (pyturbo/_cdefs.py)
@@ -25,6 +30,11 @@ class Device:
     memory_total: int
 
     @property
+    def endpoint(self) -> str:
+        """The RPC worker's "host:port" for an RPC device, else ""."""
+        return self.description if self.name.startswith("RPC") and ":" in self.description else ""
+
+    @property
     def offloads_layers(self) -> bool:
         """Whether model layers (and their KV cache) can be placed on it: GPUs, not the CPU or BLAS."""
         return self.kind in ("gpu", "igpu")
@@ -36,7 +46,8 @@ def _kind(dev_type: int) -> str:
 
 def _describe(handle) -> Device:
     free, total = ffi.new("size_t *"), ffi.new("size_t *")
-    ggml_backend.ggml_backend_dev_memory(handle, free, total)
+    # guarded: an RPC device asks its worker, and a lost worker would end the process; it reads 0
+    llama.pyturbo_guarded_dev_memory(handle, free, total, ffi.NULL, 0)
     return Device(name=ffi.string(ggml_backend.ggml_backend_dev_name(handle)).decode(),
                   description=ffi.string(ggml_backend.ggml_backend_dev_description(handle)).decode(),
                   kind=_kind(int(ggml_backend.ggml_backend_dev_type(handle))),
@@ -49,9 +60,11 @@ def devices() -> list[Device]:
             for i in range(ggml_backend.ggml_backend_dev_count())]
 
 
-def offload_devices() -> list[Device]:
-    """The devices model layers can be offloaded to (empty on a CPU-only build)."""
-    return [device for device in devices() if device.offloads_layers]
+def offload_devices(rpc: "Sequence[str]" = ()) -> list[Device]:
+    """The devices model layers can be offloaded to: this machine's (none on a CPU-only build)
+    and those of the RPC workers named in rpc (registered already: pyturbo.rpc.connect_workers)."""
+    return [device for device in devices()
+            if device.offloads_layers and (not device.endpoint or device.endpoint in rpc)]
 
 
 def find_offload_devices(names) -> list[Device]:
@@ -79,3 +92,4 @@ def device_handles(names) -> "ffi.CData":
     (DeviceError as find_offload_devices)."""
     handles = [ggml_backend.ggml_backend_dev_by_name(device.name.encode()) for device in find_offload_devices(names)]
     return ffi.new("ggml_backend_dev_t[]", handles + [ffi.NULL])
+

@@ -55,3 +55,12 @@ class QuantizeError(PyturboError, RuntimeError):
 
 class DeviceError(PyturboError, ValueError):
     """A device name this build of pyturbo does not see (or the CPU where an accelerator is meant)."""
+
+
+class RPCError(PyturboError, ConnectionError):
+    """An RPC worker is unreachable, misnamed or gone, or a worker cannot serve."""
+
+
+class BackendError(ContextError):
+    """llama.cpp's backend gave up in the middle of a call (ggml aborted: a lost RPC worker,
+    a failed assertion). The model and its contexts are unusable; pyturbo leaves them unfreed."""

@@ -13,10 +13,12 @@ from . import _native
 from ._native import ffi, llama
 from .assets import default_model
 from .context import Context
-from .devices import device_handles
-from .errors import InvalidModelError, PyturboError
+from .devices import device_handles, offload_devices
+from .devices import devices as all_devices
+from .errors import InvalidModelError, PyturboError, RPCError
 from .geometry import ModelGeometry, model_geometry
 from .gguf import check_gguf_file, read_gguf_header
+from .rpc import check_reachable, connect_workers, parse_endpoints
 from .state import model_fingerprint
 from .weights import select_quant
 
@@ -28,29 +30,45 @@ class Model(_native.NativeObject):
     >>> ctx = model.context(n_ctx=4096, cache_k="q8_0", cache_v="turbo3")
     >>> pyturbo.Model("models/", quant="q4_K_M")  # the Q4_K_M file of a folder of quants
 
+    n_gpu_layers: layers to offload (llama.cpp's -ngl; -1 all); default 0, or all with rpc.
     devices: the accelerators to offload n_gpu_layers to, by name ("CUDA0", "MTL0";
-    pyturbo.devices.devices() lists them); all of them when None.
+    pyturbo.devices.devices() lists them); all of this machine's and rpc's when None.
+    rpc: RPC workers ("host:port", a list or comma-separated; pyturbo.rpc) whose devices
+    take layers and their KV caches, split as llama.cpp splits over GPUs.
+    tensor_split: the share of the offloaded layers per device, in device order (e.g. [1, 3]);
+    default by free memory.
     quant: a weight type (any llama-quantize name, any case). The path may then
     also be a folder or a glob pattern of several quants of one model; a 16/32-bit
     file is quantized once into the cache dir (see pyturbo.weights.select_quant).
     """
 
-    def __init__(self, path: "str | os.PathLike | None" = None, n_gpu_layers: int = 0,
+    def __init__(self, path: "str | os.PathLike | None" = None, n_gpu_layers: "int | None" = None,
                  *, use_mmap: bool = True, vocab_only: bool = False, quant: "str | None" = None,
-                 devices: "Sequence[str] | None" = None) -> None:
+                 devices: "Sequence[str] | None" = None, rpc: "str | Sequence[str] | None" = None,
+                 tensor_split: "Sequence[float] | None" = None) -> None:
         self.path = Path(path) if path is not None else default_model()
-        self.n_gpu_layers = n_gpu_layers
-        self.devices = list(devices) if devices is not None else None
+        self.rpc = parse_endpoints(rpc)
+        self.n_gpu_layers = n_gpu_layers if n_gpu_layers is not None else (-1 if self.rpc else 0)
         if quant is not None:
             self.path = select_quant(self.path, quant)
         # Fail early, in Python, on the file problems llama.cpp reports only as a NULL model.
         check_gguf_file(self.path)
         params = llama.llama_model_default_params()
-        params.n_gpu_layers = n_gpu_layers
-        if devices is not None:
-            # llama.cpp reads the list during the load only; keep it alive until then
+        params.n_gpu_layers = self.n_gpu_layers
+        connect_workers(self.rpc)
+        self.devices = list(devices) if devices is not None else None
+        if devices is not None or any(d.endpoint for d in all_devices()):
+            # Named, so that RPC workers another model of this process registered take no layers of this one.
+            workers = [d.name for d in offload_devices(self.rpc) if d.endpoint]
+            self.devices = (self.devices + [d for d in workers if d not in self.devices] if devices is not None
+                            else [d.name for d in offload_devices(self.rpc)])
+            # llama.cpp reads these arrays during the load only; keep them alive until then
             device_list = device_handles(self.devices)
             params.devices = device_list
+        if tensor_split is not None:
+            split = tensor_split_array(tensor_split, len(self.devices if self.devices is not None
+                                                         else offload_devices()))
+            params.tensor_split = split
         params.vocab_only = vocab_only
         if not use_mmap:
             params.load_mode = llama.LLAMA_LOAD_MODE_NONE
@@ -65,9 +83,40 @@ class Model(_native.NativeObject):
 
     def close(self) -> None:
         """Free the model (and any context still open on it). Safe to call twice."""
+        if self.rpc and not self.closed and not self._abandoned_because:
+            try:
+                for endpoint in self.rpc:
+                    check_reachable(endpoint)
+            except RPCError as e:
+                # freeing its buffers would talk to the lost worker, which ends the process
+                self.abandon(str(e))
+                return
         for ctx in list(self._contexts):
             ctx.close()
         super().close()
+
+    def backend_failed(self, what: str) -> str:
+        """Abandon this model after ggml gave up in one of its calls (what: where and ggml's
+        message); the reason, naming the RPC workers that are gone."""
+        gone = []
+        for endpoint in self.rpc:
+            try:
+                check_reachable(endpoint)
+            except RPCError:
+                gone.append(endpoint)
+        if gone:
+            reason = (f"RPC worker {', '.join(gone)} is gone ({what}); load the model again once "
+                      f"{'it runs' if len(gone) == 1 else 'they run'}")
+        else:
+            reason = f"the backend failed ({what}); load the model again"
+        self.abandon(reason)
+        return reason
+
+    def abandon(self, reason: str) -> None:
+        """Never free this model or its contexts; refuse their use with reason (NativeObject.abandon)."""
+        for ctx in list(self._contexts):
+            ctx.abandon(reason)
+        super().abandon(reason)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.description
@@ -231,6 +280,16 @@ class Model(_native.NativeObject):
                       n_threads=n_threads, seed=seed, kv_transform=kv_transform, **kwargs)
         self._contexts.add(ctx)
         return ctx
+
+
+def tensor_split_array(shares: "Sequence[float]", n_devices: int):
+    """llama_model_params.tensor_split: one non-negative share per device, padded to llama_max_devices()."""
+    shares = [float(x) for x in shares]
+    if len(shares) > n_devices or any(not x >= 0 for x in shares) or not any(shares):
+        raise PyturboError(f"tensor_split {shares}: give at most one non-negative share per offload device "
+                           f"({n_devices} here), not all zero")
+    size = int(llama.llama_max_devices())
+    return ffi.new("float[]", shares + [0.0] * (size - len(shares)))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from ._cli import (ArgumentParser, add_batch_flags, add_cache_flags, add_common_flags, add_ctx_flag,
-                   add_flash_attn_flag, add_kv_transform_flag, add_swa_full_flag, run_main, setup_logging)
+                   add_flash_attn_flag, add_kv_transform_flag, add_rpc_flags, add_swa_full_flag, run_main,
+                   setup_logging)
 from .assets import default_model
 from .model import Model
 from .units import MiB
@@ -38,6 +39,7 @@ def build_parser() -> ArgumentParser:
     add_swa_full_flag(parser)
     add_batch_flags(parser)
     add_common_flags(parser)
+    add_rpc_flags(parser)
     parser.add_argument("-s", "--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--temp", type=float, default=0.0, help="temperature (default 0 = greedy)")
     parser.add_argument("--top-k", type=int, default=40)
@@ -119,7 +121,8 @@ def model_path(args) -> "str | Path | None":
 def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    with Model(model_path(args), n_gpu_layers=args.n_gpu_layers) as model, \
+    with Model(model_path(args), n_gpu_layers=args.n_gpu_layers, rpc=args.rpc,
+               tensor_split=args.tensor_split) as model, \
             model.context(n_ctx=args.n_ctx, cache_k=args.cache_k, cache_v=args.cache_v,
                           flash_attn=args.flash_attn, n_threads=args.threads, seed=args.seed,
                           kv_transform=args.kv_transform, swa_full=args.swa_full, n_batch=args.n_batch,

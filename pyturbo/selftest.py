@@ -46,6 +46,7 @@ from .context import default_threads
 from .devices import Device, devices, find_offload_devices, offload_devices
 from .errors import CacheTypeError, PyturboError
 from .model import Model
+from .rpc import connect_workers, parse_endpoints
 
 PROG = "python -m pyturbo.selftest"
 
@@ -245,6 +246,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--device", dest="devices", type=str_list, default=None, metavar="NAME[,NAME]",
                         help="accelerators to test (default: every one this build sees; the CPU always)")
     parser.add_argument("--list-devices", action="store_true", help="list the devices and exit")
+    parser.add_argument("--rpc", default=None, metavar="HOST:PORT[,...]",
+                        help="connect these RPC workers (python -m pyturbo.rpc_worker) first: their devices "
+                             "are listed and tested as accelerators")
     parser.add_argument("--pairs", default=DEFAULT_PAIRS, metavar="K/V[,K/V]",
                         help=f"cache pairs (default {DEFAULT_PAIRS})")
     parser.add_argument("--probes", type=int, default=16, help="probe positions (default 16)")
@@ -264,6 +268,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    connect_workers(parse_endpoints(args.rpc))
     if args.list_devices:
         for device in devices():
             print(f"{device.name}: {device.description} ({device.kind}, "

@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LLAMA_CPP = ROOT / "vendor" / "llama.cpp"
 HEADERS = [LLAMA_CPP / "include" / "llama.h", LLAMA_CPP / "ggml" / "include" / "ggml.h",
            LLAMA_CPP / "ggml" / "include" / "ggml-cpu.h",
-           LLAMA_CPP / "ggml" / "include" / "ggml-backend.h", ROOT / "csrc" / "llama" / "turbo-kv-transform.h"]
+           LLAMA_CPP / "ggml" / "include" / "ggml-backend.h", LLAMA_CPP / "ggml" / "include" / "ggml-rpc.h",
+           ROOT / "csrc" / "llama" / "turbo-kv-transform.h", ROOT / "csrc" / "llama" / "turbo-guard.h",
+           ROOT / "csrc" / "rpc" / "turbo-rpc.h"]
 
 
 def strip_comments(text: str) -> str:
@@ -59,7 +61,7 @@ def header_functions() -> dict[str, tuple[str, list[str]]]:
 
 def cdef_functions() -> dict[str, tuple[str, list[str]]]:
     text = strip_comments(_cdefs.GGML_CDEFS + _cdefs.GGML_CPU_CDEFS + _cdefs.GGML_BACKEND_CDEFS
-                          + _cdefs.LLAMA_CDEFS
+                          + _cdefs.GGML_RPC_CDEFS + _cdefs.LLAMA_CDEFS
                           + _cdefs.PYTURBO_LLAMA_CDEFS)
     text = re.sub(r"typedef[^;]*;", "", text)  # function-pointer typedefs are not functions
     text = re.sub(r"(struct|enum|union)\s+\w*\s*\{[^{}]*(\{[^{}]*\}[^{}]*)*\}\s*\w*\s*;", "", text, flags=re.S)
@@ -74,7 +76,7 @@ def test_every_declared_function_exists_in_the_headers_with_the_same_signature()
     mismatches = []
     for name, signature in declared.items():
         if name not in in_headers:
-            mismatches.append(f"{name}: not in llama.h/ggml.h/turbo-kv-transform.h")
+            mismatches.append(f"{name}: not in {', '.join(h.name for h in HEADERS)}")
         elif in_headers[name] != signature:
             mismatches.append(f"{name}: cdef {signature} != header {in_headers[name]}")
     assert not mismatches, "\n".join(mismatches)

@@ -1,0 +1,100 @@
+"""RPC: a model's layers and their KV caches on worker processes, through ggml's RPC backend.
+
+A worker (`python -m pyturbo.rpc_worker`) serves its machine's backend (the CPU here;
+CUDA or Metal where built) with `ggml_backend_rpc_start_server`. A client names the
+workers (`Model(path, rpc=["10.0.0.2:50052", ...])`, `--rpc` on run, bench and server):
+each worker's devices become ggml devices ("RPC0", "RPC1", ...; their description is the
+endpoint) and llama.cpp splits the offloaded layers over them as over GPUs, by their free
+memory or by `tensor_split`. The workers run the same patched ggml, so turbo caches and
+their flash attention run where their layers are.
+
+The protocol has no authentication and no encryption: whoever reaches a worker's port can
+make it allocate memory and compute. Workers bind to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Sequence
+
+from . import _native
+from .errors import RPCError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50052
+# How long a client waits for a worker to accept a connection before calling it unreachable.
+CONNECT_TIMEOUT_S = 5.0
+
+UNAUTHENTICATED_WARNING = (
+    "the RPC protocol is unauthenticated and unencrypted: anyone who can reach {endpoint} can "
+    "allocate this machine's memory and run computations on it; serve only on a network you trust")
+
+
+def parse_endpoint(text: str) -> str:
+    """A worker's "host:port", checked and normalized (surrounding spaces dropped).
+
+    Raises RPCError for anything else ("host", "host:0", ":50052", "host:port:x").
+    """
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise RPCError(f"RPC worker {text.strip()!r} is not host:port (e.g. 127.0.0.1:{DEFAULT_PORT})")
+    if ":" in host:
+        # ggml's RPC transport is IPv4 (AF_INET) only
+        raise RPCError(f"RPC worker {text.strip()!r}: IPv6 addresses are not supported by ggml's RPC transport")
+    return f"{host}:{int(port)}"
+
+
+def parse_endpoints(value: "str | Sequence[str] | None") -> list[str]:
+    """Workers from "host:port,host:port" (llama.cpp's --rpc form) or a list of them; no duplicates."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    endpoints = [parse_endpoint(item) for item in items if str(item).strip()]
+    duplicates = sorted({e for e in endpoints if endpoints.count(e) > 1})
+    if duplicates:
+        raise RPCError(f"RPC worker named twice: {', '.join(duplicates)}")
+    return endpoints
+
+
+def is_loopback(host: str) -> bool:
+    """Whether host is this machine only (127.0.0.0/8 or "localhost")."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """RPCError unless something accepts TCP connections at endpoint within timeout.
+
+    ggml's own connect has no timeout and ends the process when it fails; this check
+    turns the common cases (no worker started, wrong port, host down) into an error first.
+    """
+    host, _, port = endpoint.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, socket.timeout) else (e.strerror or str(e))
+        raise RPCError(f"cannot reach RPC worker {endpoint}: {reason} "
+                       f"(start one there: python -m pyturbo.rpc_worker --port {port})") from None
+
+
+def connect_workers(endpoints: Sequence[str]) -> None:
+    """Register each worker's devices with ggml (once per process): they are then
+    pyturbo.devices.devices() whose endpoint is the worker's.
+
+    Raises RPCError when a worker cannot be reached or does not answer as this build's
+    RPC backend does (another ggml version: the protocol versions must match).
+    """
+    for endpoint in endpoints:
+        check_reachable(endpoint)
+        error = _native.ffi.new("char[]", 1024)
+        with _native.captured_log() as log:
+            n_devices = _native.llama.pyturbo_guarded_rpc_add_server(endpoint.encode(), error, len(error))
+        if n_devices <= 0:
+            reason = _native.c_string(error) or _native.last_problem(log) or "no devices"
+            raise RPCError(f"RPC worker {endpoint} did not connect: {reason}")
