@@ -60,7 +60,8 @@ def server_binary() -> Path:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+    # no abbreviations: a prefix of one of these flags may be a whole llama-server flag
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
                             epilog="Flags not listed here go to llama-server unchanged.")
     parser.add_argument("-m", "--model", dest="model_flag", default=None, help="GGUF file (or give it first)")
     parser.add_argument("-ctk", "--cache-k", "--cache-type-k", dest="cache_k", default="f16", metavar="TYPE",

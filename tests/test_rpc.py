@@ -4,6 +4,7 @@ and what a client sees when a worker is gone. Every wait is bounded."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -152,7 +153,7 @@ def test_workers_show_as_rpc_devices_with_the_memory_they_offer(two_workers):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cache", [("q8_0", "turbo3"), ("turbo4", "turbo4")])
+@pytest.mark.parametrize("cache", [("q8_0", "turbo3"), ("turbo4", "turbo4"), ("turbo2", "turbo2")])
 def test_greedy_output_over_two_workers_equals_one_process(smol_path, two_workers, cache):
     endpoints, _ = two_workers
     cache_k, cache_v = cache
@@ -162,9 +163,12 @@ def test_greedy_output_over_two_workers_equals_one_process(smol_path, two_worker
     split = run_cli(*args, "--rpc", ",".join(endpoints), "--verbose")
     assert split.returncode == 0, split.stderr[-3000:]
     assert split.stdout == local.stdout and len(local.stdout.split()) >= 10
-    # the layers and their turbo caches were on the workers, half each (equal --mem)
-    assert "RPC0" in split.stderr and "RPC1" in split.stderr
-    assert f"K ({cache_k})" in split.stderr or cache_k in split.stderr
+    # the layers and their turbo caches were on the workers, half each (equal --mem), and flash attention on
+    cache_devices = re.findall(r"llama_kv_cache: layer +\d+: dev = (\w+)", split.stderr)
+    assert len(cache_devices) == 30 and set(cache_devices) == {"RPC0", "RPC1"}
+    assert 12 <= cache_devices.count("RPC0") <= 18
+    assert "flash_attn            = enabled" in split.stderr
+    assert f"K ({cache_k})" in split.stderr and f"V ({cache_v})" in split.stderr
 
 
 @pytest.mark.slow

@@ -88,44 +88,52 @@ def start_workers(n: int) -> "tuple[list[str], list[subprocess.Popen]]":
     return [f"127.0.0.1:{p}" for p in ports], workers
 
 
-def link_bytes(endpoints: "list[str]") -> int:
-    """Bytes this process sent and received on its connections to the workers."""
-    total = 0
+def link_bytes(endpoints: "list[str]") -> "tuple[int, int]":
+    """Bytes this process sent to and received from the workers, over all its connections to them."""
+    sent = received = 0
     for endpoint in endpoints:
         port = endpoint.rsplit(":", 1)[1]
         out = subprocess.run(["ss", "-tinH", "state", "established", "dport", f"= :{port}"],
                              capture_output=True, text=True, check=True).stdout
-        total += sum(int(n) for n in re.findall(r"bytes_(?:sent|received):(\d+)", out))
-    return total
+        sent += sum(int(n) for n in re.findall(r"bytes_sent:(\d+)", out))
+        received += sum(int(n) for n in re.findall(r"bytes_received:(\d+)", out))
+    return sent, received
 
 
 def timed_phases(model, n_threads: int, repetitions: int, endpoints: "list[str]") -> dict:
     rng = random.Random(0)
     prefill, decode, pp_bytes, tg_bytes = [], [], [], []
+
+    def link() -> "tuple[int, int]":
+        return link_bytes(endpoints) if endpoints else (0, 0)
+
     with model.context(n_ctx=1024, cache_k=CACHE[0], cache_v=CACHE[1], n_threads=n_threads) as ctx:
         for rep in range(repetitions + 1):  # the first is a warm-up
             ctx.reset()
             prompt = [rng.randrange(model.n_vocab) for _ in range(PROMPT_TOKENS)]
-            before = link_bytes(endpoints) if endpoints else 0
+            before = link()
             started = time.perf_counter()
             ctx.decode(prompt)
             pp = PROMPT_TOKENS / (time.perf_counter() - started)
-            middle = link_bytes(endpoints) if endpoints else 0
+            middle = link()
             started = time.perf_counter()
             for _ in range(GEN_TOKENS):
                 ctx.decode([rng.randrange(model.n_vocab)])
             tg = GEN_TOKENS / (time.perf_counter() - started)
-            after = link_bytes(endpoints) if endpoints else 0
+            after = link()
             if rep:
                 prefill.append(pp)
                 decode.append(tg)
-                pp_bytes.append((middle - before) / PROMPT_TOKENS)
-                tg_bytes.append((after - middle) / GEN_TOKENS)
+                pp_bytes.append([(m - b) / PROMPT_TOKENS for m, b in zip(middle, before)])
+                tg_bytes.append([(a - m) / GEN_TOKENS for a, m in zip(after, middle)])
     result = dict(prefill_tps=statistics.median(prefill), decode_tps=statistics.median(decode),
                   prefill_samples=prefill, decode_samples=decode)
     if endpoints:
-        result.update(prefill_bytes_per_token=statistics.median(pp_bytes),
-                      decode_bytes_per_token=statistics.median(tg_bytes))
+        for phase, samples in (("prefill", pp_bytes), ("decode", tg_bytes)):
+            sent = statistics.median(x[0] for x in samples)
+            received = statistics.median(x[1] for x in samples)
+            result.update({f"{phase}_bytes_sent_per_token": sent, f"{phase}_bytes_received_per_token": received,
+                           f"{phase}_bytes_per_token": sent + received})
     return result
 
 
@@ -186,12 +194,20 @@ def to_markdown(results: dict) -> str:
               f"({paper['activation_bytes'] // 1024} KiB activations x {1 + 2 * (N_WORKERS - 1)} transfers "
               f"+ {paper['shape']['n_vocab'] * 4 // 1024} KiB of logits).", "",
               f"## Measured: {meas['model']}, {meas['cache']}, {meas['repetitions']} repetitions, medians", "",
-              "| run | prefill t/s | decode t/s | prefill bytes/token | decode bytes/token |",
+              "| run | prefill t/s | decode t/s | prefill bytes/token (sent + received) "
+              "| decode bytes/token (sent + received) |",
               "| --- | ---: | ---: | ---: | ---: |"]
+
+    def link_cell(run: dict, phase: str) -> str:
+        if f"{phase}_bytes_per_token" not in run:
+            return "-"
+        return (f"{run[f'{phase}_bytes_per_token'] / 1024:.1f} KiB "
+                f"({run[f'{phase}_bytes_sent_per_token'] / 1024:.1f} + "
+                f"{run[f'{phase}_bytes_received_per_token'] / 1024:.1f})")
+
     for name, run in meas["runs"].items():
-        pb = f"{run['prefill_bytes_per_token'] / 1024:.1f} KiB" if "prefill_bytes_per_token" in run else "-"
-        db = f"{run['decode_bytes_per_token'] / 1024:.1f} KiB" if "decode_bytes_per_token" in run else "-"
-        lines.append(f"| {name} | {run['prefill_tps']:.1f} | {run['decode_tps']:.1f} | {pb} | {db} |")
+        lines.append(f"| {name} | {run['prefill_tps']:.1f} | {run['decode_tps']:.1f} | {link_cell(run, 'prefill')} "
+                     f"| {link_cell(run, 'decode')} |")
     lines += ["", "![tokens/s](rpc-scale.png)", ""]
     return "\n".join(lines)
 
