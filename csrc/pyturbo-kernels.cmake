@@ -48,8 +48,16 @@ get_target_property(pyturbo_ggml_base_dir ggml-base SOURCE_DIR)
 set_source_files_properties(${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration.cpp TARGET_DIRECTORY llama
                             PROPERTIES INCLUDE_DIRECTORIES ${pyturbo_ggml_base_dir})
 
+# csrc/<folder>/<name>.h and .cpp compiled into an optional backend library, when it is built.
+function(pyturbo_add_to_backend target folder name)
+    if(TARGET ${target})
+        target_sources(${target} PRIVATE ${PYTURBO_CSRC_DIR}/${folder}/${name}.h ${PYTURBO_CSRC_DIR}/${folder}/${name}.cpp)
+        target_include_directories(${target} PRIVATE ${PYTURBO_CSRC_DIR}/${folder})
+    endif()
+endfunction()
+
 # turbo-guard.cpp's abort callback throws through ggml_abort (ggml.c) back to the guarded
-# call: give that C file the unwind tables every compiler does not emit for C by default.
+# call: that C file needs unwind tables, which not every compiler emits for C by default.
 if(CMAKE_C_COMPILER_ID MATCHES "GNU|Clang")
     set_property(SOURCE ${pyturbo_ggml_base_dir}/ggml.c TARGET_DIRECTORY ggml-base
                  APPEND PROPERTY COMPILE_OPTIONS -fexceptions)
@@ -57,22 +65,12 @@ endif()
 
 # RPC (GGML_RPC, on in pyturbo's build): TCP keepalive on its connections (patches/0009
 # calls it from transport.cpp) and the memory-capped device of pyturbo.rpc_worker --mem.
-if(TARGET ggml-rpc)
-    target_sources(ggml-rpc PRIVATE
-        ${PYTURBO_CSRC_DIR}/rpc/turbo-rpc.h
-        ${PYTURBO_CSRC_DIR}/rpc/turbo-rpc.cpp)
-    target_include_directories(ggml-rpc PRIVATE ${PYTURBO_CSRC_DIR}/rpc)
-endif()
+pyturbo_add_to_backend(ggml-rpc rpc turbo-rpc)
 
 # Metal: supports_op for the turbo types (patches/0008 calls it from ggml-metal-device.m and
 # ggml-metal-ops.cpp); the kernels themselves are Metal sources that ggml-metal's own
 # CMakeLists.txt embeds from csrc/metal (PYTURBO_METAL_DIR).
-if(TARGET ggml-metal)
-    target_sources(ggml-metal PRIVATE
-        ${PYTURBO_CSRC_DIR}/metal/turbo-metal.h
-        ${PYTURBO_CSRC_DIR}/metal/turbo-metal.cpp)
-    target_include_directories(ggml-metal PRIVATE ${PYTURBO_CSRC_DIR}/metal)
-endif()
+pyturbo_add_to_backend(ggml-metal metal turbo-metal)
 
 # The CPU backend is ggml-cpu, or ggml-cpu-<variant> targets with
 # GGML_CPU_ALL_VARIANTS: add the kernels to each of them.
