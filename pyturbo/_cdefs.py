@@ -74,6 +74,7 @@ int32_t pyturbo_guarded_decode(struct llama_context * ctx, struct llama_batch ba
 int32_t pyturbo_guarded_rpc_add_server(const char * endpoint, char * error, size_t error_size);
 int32_t pyturbo_guarded_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total,
                                    char * error, size_t error_size);
+int32_t pyturbo_guarded_memory_clear(struct llama_context * ctx, char * error, size_t error_size);
 """
 
 # libggml-rpc (GGML_RPC, on in pyturbo's build): the worker side, and csrc/rpc/turbo-rpc.h.

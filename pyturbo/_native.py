@@ -292,16 +292,26 @@ class NativeObject:
 GUARD_ABORTED = -1000  # PYTURBO_GUARD_ABORTED, csrc/llama/turbo-guard.h
 
 
-def guarded_decode(context, batch) -> int:
-    """llama_decode on context.handle (and the wait for its work), its status as llama.cpp returns it.
+def guarded_call(context, what: str, function, *args) -> int:
+    """function(*args, error, error_size), one of csrc/llama/turbo-guard.h's calls, and its result.
 
-    Where ggml would end the process instead (a lost RPC worker, a failed assertion in
-    this thread), the context's model and all its contexts are abandoned and
-    BackendError raised with ggml's message.
+    Where ggml would have ended the process instead (a lost RPC worker, a failed assertion
+    in this thread), the context's model and all its contexts are abandoned and
+    BackendError raised, saying where (`what`) and ggml's message.
     """
     error = ffi.new("char[]", 1024)
-    status = llama.pyturbo_guarded_decode(context.handle, batch, error, len(error))
+    status = function(*args, error, len(error))
     if status != GUARD_ABORTED:
         return status
     message = re.sub(r"^\S+:\d+: ", "", c_string(error).strip())  # ggml's "file:line: " prefix
-    raise BackendError(context.model.backend_failed(f"during llama_decode: {message}"))
+    raise BackendError(context.model.backend_failed(f"during {what}: {message}"))
+
+
+def guarded_decode(context, batch) -> int:
+    """llama_decode on context's handle, and the wait for its work: llama_decode's status."""
+    return guarded_call(context, "llama_decode", llama.pyturbo_guarded_decode, context.handle, batch)
+
+
+def guarded_memory_clear(context) -> None:
+    """Empty context's cache, clearing its buffers (llama_memory_clear)."""
+    guarded_call(context, "llama_memory_clear", llama.pyturbo_guarded_memory_clear, context.handle)

@@ -187,7 +187,7 @@ class Context(_native.NativeObject):
             self._clear()
 
     def _clear(self) -> None:
-        llama.llama_memory_clear(self._memory, True)
+        _native.guarded_memory_clear(self)
         self._cached = []
         self._n_dropped = 0
 
@@ -448,7 +448,7 @@ class Context(_native.NativeObject):
         (llama_state_seq_*: no logits, a little smaller). load_state() takes either.
         """
         with self._exclusive():
-            data = state.pack(self._state_header(sequence_only), state.read_native(self.handle, sequence_only))
+            data = state.pack(self._state_header(sequence_only), state.read_native(self, sequence_only))
         if path is None:
             return data
         state.write_file(path, data)
@@ -467,7 +467,7 @@ class Context(_native.NativeObject):
             state.check_compatible(saved, self._state_header(saved.sequence_only), self.n_ctx)
             self._clear()
             try:
-                state.write_native(self.handle, payload, saved.sequence_only)
+                state.write_native(self, payload, saved.sequence_only)
             except StateError:
                 self._clear()  # whatever llama.cpp had read before it gave up
                 raise

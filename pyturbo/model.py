@@ -15,10 +15,10 @@ from .assets import default_model
 from .context import Context
 from .devices import device_handles, offload_devices
 from .devices import devices as all_devices
-from .errors import InvalidModelError, PyturboError, RPCError
+from .errors import BackendError, InvalidModelError, PyturboError
 from .geometry import ModelGeometry, model_geometry
 from .gguf import check_gguf_file, read_gguf_header
-from .rpc import check_reachable, connect_workers, parse_endpoints
+from .rpc import connect_workers, parse_endpoints, worker_answers
 from .state import model_fingerprint
 from .weights import select_quant
 
@@ -83,27 +83,28 @@ class Model(_native.NativeObject):
 
     def close(self) -> None:
         """Free the model (and any context still open on it). Safe to call twice."""
-        if self.rpc and not self.closed and not self._abandoned_because:
-            try:
-                for endpoint in self.rpc:
-                    check_reachable(endpoint)
-            except RPCError as e:
-                # freeing its buffers would talk to the lost worker, which ends the process
-                self.abandon(str(e))
-                return
+        if self.rpc and not self.closed and not self._abandoned_because and self.gone_workers():
+            # freeing its buffers would talk to the lost worker, which ends the process
+            self.backend_failed("when the model was closed")
+            return
         for ctx in list(self._contexts):
             ctx.close()
         super().close()
 
+    def gone_workers(self) -> list[str]:
+        """This model's RPC workers that are gone (pyturbo.rpc.worker_answers)."""
+        return [endpoint for endpoint in self.rpc if not worker_answers(endpoint)]
+
+    def check_workers(self, what: str) -> None:
+        """BackendError, and this model abandoned, if one of its RPC workers is gone: `what`
+        (a call that reads or writes the caches outside pyturbo's guard) would end the process."""
+        if self.rpc and self.gone_workers():
+            raise BackendError(self.backend_failed(f"before {what}"))
+
     def backend_failed(self, what: str) -> str:
-        """Abandon this model after ggml gave up in one of its calls (what: where and ggml's
-        message); the reason, naming the RPC workers that are gone."""
-        gone = []
-        for endpoint in self.rpc:
-            try:
-                check_reachable(endpoint)
-            except RPCError:
-                gone.append(endpoint)
+        """Abandon this model after ggml gave up in one of its calls, or before a call that would
+        (what: where, and ggml's message); the reason, naming the RPC workers that are gone."""
+        gone = self.gone_workers()
         if gone:
             reason = (f"RPC worker {', '.join(gone)} is gone ({what}); load the model again once "
                       f"{'it runs' if len(gone) == 1 else 'they run'}")

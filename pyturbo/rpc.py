@@ -15,7 +15,9 @@ make it allocate memory and compute. Workers bind to 127.0.0.1 unless told other
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import stat
 from typing import Sequence
 
 from . import _native
@@ -81,6 +83,57 @@ def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         reason = "timed out" if isinstance(e, socket.timeout) else (e.strerror or str(e))
         raise RPCError(f"cannot reach RPC worker {endpoint}: {reason} "
                        f"(start one there: python -m pyturbo.rpc_worker --port {port})") from None
+
+
+def worker_answers(endpoint: str) -> bool:
+    """Whether the worker at endpoint is still there.
+
+    Asked on this process's own connection to it where there is one (ggml's): a worker
+    that ended closed it. A new connection would not do: a worker busy with this process
+    leaves new ones waiting in its backlog, which a few checks fill. Without a connection
+    of ours, whether it accepts a new one (check_reachable).
+    """
+    connections = _connections_to(endpoint)
+    if connections:
+        return any(_still_open(connection) for connection in connections)
+    try:
+        check_reachable(endpoint)
+    except RPCError:
+        return False
+    return True
+
+
+def _connections_to(endpoint: str) -> "list[int]":
+    """The file descriptors of this process's TCP connections to endpoint (Linux, macOS)."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        peer = (socket.gethostbyname(host), int(port))
+        names = os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd")
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        try:
+            fd = int(name)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            with socket.socket(fileno=os.dup(fd)) as connection:
+                if connection.type == socket.SOCK_STREAM and connection.getpeername()[:2] == peer:
+                    found.append(fd)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _still_open(fd: int) -> bool:
+    """Whether the peer has not closed or reset the connection (a peek, which takes no data)."""
+    with socket.socket(fileno=os.dup(fd)) as connection:
+        try:
+            return len(connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)) > 0
+        except BlockingIOError:
+            return True  # open, nothing to read
+        except OSError:
+            return False
 
 
 def connect_workers(endpoints: Sequence[str]) -> None:

@@ -131,8 +131,10 @@ def read_file(path: "str | os.PathLike") -> bytes:
         raise StateError(f"cannot read the context state file {path}: {e.strerror or e}") from None
 
 
-def read_native(ctx_handle, sequence_only: bool) -> bytes:
-    """llama.cpp's state of a context: all of it, or sequence 0's cache cells alone."""
+def read_native(context, sequence_only: bool) -> bytes:
+    """llama.cpp's state of a pyturbo.Context: all of it, or sequence 0's cache cells alone."""
+    context.model.check_workers("llama_state_get_data")  # a lost RPC worker would end the process
+    ctx_handle = context.handle
     if sequence_only:
         size = llama.llama_state_seq_get_size(ctx_handle, 0)
         buf = ffi.new("uint8_t[]", max(1, size))
@@ -146,8 +148,10 @@ def read_native(ctx_handle, sequence_only: bool) -> bytes:
     return ffi.buffer(buf, written)[:]
 
 
-def write_native(ctx_handle, payload, sequence_only: bool) -> None:
-    """Hand llama.cpp's state bytes back to a context; StateError with its reason if refused."""
+def write_native(context, payload, sequence_only: bool) -> None:
+    """Hand llama.cpp's state bytes back to a pyturbo.Context; StateError with its reason if refused."""
+    context.model.check_workers("llama_state_set_data")  # a lost RPC worker would end the process
+    ctx_handle = context.handle
     src = ffi.from_buffer(payload)
     with _native.captured_log() as log:
         if sequence_only:

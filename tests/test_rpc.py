@@ -204,18 +204,33 @@ def test_killing_a_worker_mid_generation_is_a_clear_error_in_bounded_time(smol_p
 
 
 @pytest.mark.slow
-def test_the_python_api_raises_and_the_model_can_still_be_closed(smol_path, two_workers):
+@pytest.mark.parametrize("call, what", [
+    ("ctx.decode(model.tokenize(' red, yellow and blue'))", "during llama_decode: Remote RPC server crashed or "
+                                                            "returned malformed response"),
+    ("ctx.save_state(sys.argv[1])", "before llama_state_get_data"),
+    ("ctx.load_state(state)", "during llama_memory_clear: Remote RPC server crashed or returned malformed response"),
+    ("ctx.reset()", "during llama_memory_clear: Remote RPC server crashed or returned malformed response"),
+])
+def test_the_python_api_raises_and_the_model_can_still_be_closed(smol_path, two_workers, tmp_path, call, what):
     endpoints, workers = two_workers
     script = f"""
-import os, signal, sys
+import os, signal, socket, sys, time
 import pyturbo
 from pyturbo.errors import BackendError
 model = pyturbo.Model({str(smol_path)!r}, rpc={endpoints!r})
 ctx = model.context(n_ctx=512, cache_k="q8_0", cache_v="turbo3", n_threads=1)
 ctx.decode(model.tokenize({PROMPT!r}))
+state = ctx.save_state()
 os.kill({workers[0].pid}, signal.SIGKILL)
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:  # until the worker's port is closed: the process is gone
+    try:
+        socket.create_connection(("127.0.0.1", {endpoints[0].rsplit(":", 1)[1]}), timeout=1).close()
+        time.sleep(0.05)
+    except OSError:
+        break
 try:
-    ctx.decode(model.tokenize(" red, yellow and blue"))
+    {call}
 except BackendError as e:
     print("raised:", e)
 try:
@@ -225,11 +240,11 @@ except pyturbo.PyturboError as e:
 model.close()
 print("closed")
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.bin")], capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    assert lines[0] == (f"raised: RPC worker {endpoints[0]} is gone (during llama_decode: Remote RPC server "
-                        "crashed or returned malformed response); load the model again once it runs")
+    assert lines[0] == f"raised: RPC worker {endpoints[0]} is gone ({what}); load the model again once it runs"
     assert lines[1].startswith(f"then: this Context is unusable: RPC worker {endpoints[0]} is gone")
     assert lines[2] == "closed"
 

@@ -112,3 +112,10 @@ int32_t pyturbo_guarded_dev_memory(ggml_backend_dev_t device, size_t * free, siz
         return 0;
     }, error, error_size);
 }
+
+int32_t pyturbo_guarded_memory_clear(llama_context * ctx, char * error, size_t error_size) {
+    return guarded([&]() -> int32_t {
+        llama_memory_clear(llama_get_memory(ctx), true);
+        return 0;
+    }, error, error_size);
+}

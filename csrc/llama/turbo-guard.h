@@ -38,6 +38,10 @@ LLAMA_API int32_t pyturbo_guarded_rpc_add_server(const char * endpoint, char * e
 LLAMA_API int32_t pyturbo_guarded_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total,
                                              char * error, size_t error_size);
 
+// llama_memory_clear(llama_get_memory(ctx), true), which clears the cache's buffers (on
+// the workers that hold them): 0, or PYTURBO_GUARD_ABORTED with the message.
+LLAMA_API int32_t pyturbo_guarded_memory_clear(struct llama_context * ctx, char * error, size_t error_size);
+
 #ifdef __cplusplus
 }
 #endif
