@@ -115,7 +115,7 @@ class Context(_native.NativeObject):
             reason = _native.last_problem(log) or "llama.cpp gave no reason"
             raise ContextError(f"could not create a context (K {self.cache_k.name}, V {self.cache_v.name}, "
                                f"n_ctx {n_ctx}): {reason}")
-        self._own(handle, llama.llama_free)
+        self._own(handle, model.safe_free(llama.llama_free))
         self.kv_transform = describe_kv_transform(llama.pyturbo_kv_transform_flags(handle))
         self._memory = llama.llama_get_memory(handle)
         allocation = parse_allocation_log(line for _, line in log)

@@ -18,7 +18,7 @@ from .devices import devices as all_devices
 from .errors import BackendError, InvalidModelError, PyturboError
 from .geometry import ModelGeometry, model_geometry
 from .gguf import check_gguf_file, read_gguf_header
-from .rpc import connect_workers, parse_endpoints, worker_answers
+from .rpc import connect_workers, free_unless_a_worker_is_gone, parse_endpoints, worker_answers
 from .state import model_fingerprint
 from .weights import select_quant
 
@@ -77,7 +77,7 @@ class Model(_native.NativeObject):
         if handle == ffi.NULL:
             reason = _native.last_problem(log) or "llama.cpp gave no reason"
             raise InvalidModelError(f"could not load model {self.path}: {reason}")
-        self._own(handle, llama.llama_model_free)
+        self._own(handle, self.safe_free(llama.llama_model_free))
         self._vocab = llama.llama_model_get_vocab(handle)
         self._contexts: weakref.WeakSet = weakref.WeakSet()
 
@@ -94,6 +94,10 @@ class Model(_native.NativeObject):
     def gone_workers(self) -> list[str]:
         """This model's RPC workers that are gone (pyturbo.rpc.worker_answers)."""
         return [endpoint for endpoint in self.rpc if not worker_answers(endpoint)]
+
+    def safe_free(self, free):
+        """free for this model or one of its contexts (rpc.free_unless_a_worker_is_gone)."""
+        return free_unless_a_worker_is_gone(free, self.rpc)
 
     def check_workers(self, what: str) -> None:
         """BackendError, and this model abandoned, if one of its RPC workers is gone: `what`

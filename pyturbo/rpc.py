@@ -136,6 +136,22 @@ def _still_open(fd: int) -> bool:
             return False
 
 
+def free_unless_a_worker_is_gone(free, endpoints: Sequence[str]):
+    """free, for a model or context with buffers on the workers at endpoints: a function of
+    the handle that frees it unless one of them is gone. Freeing talks to each worker, and
+    to a lost one ends the process; the handle is leaked instead (a worker frees what a
+    client allocated when its connection ends). Runs when the object is closed or garbage
+    collected, also as the interpreter exits."""
+    if not endpoints:
+        return free
+    endpoints = tuple(endpoints)
+
+    def free_if_all_answer(handle) -> None:
+        if all(worker_answers(endpoint) for endpoint in endpoints):
+            free(handle)
+    return free_if_all_answer
+
+
 def connect_workers(endpoints: Sequence[str]) -> None:
     """Register each worker's devices with ggml (once per process): they are then
     pyturbo.devices.devices() whose endpoint is the worker's.

@@ -203,16 +203,9 @@ def test_killing_a_worker_mid_generation_is_a_clear_error_in_bounded_time(smol_p
                       "it runs"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("call, what", [
-    ("ctx.decode(model.tokenize(' red, yellow and blue'))", "during llama_decode: Remote RPC server crashed or "
-                                                            "returned malformed response"),
-    ("ctx.save_state(sys.argv[1])", "before llama_state_get_data"),
-    ("ctx.load_state(state)", "during llama_memory_clear: Remote RPC server crashed or returned malformed response"),
-    ("ctx.reset()", "during llama_memory_clear: Remote RPC server crashed or returned malformed response"),
-])
-def test_the_python_api_raises_and_the_model_can_still_be_closed(smol_path, two_workers, tmp_path, call, what):
-    endpoints, workers = two_workers
+def after_a_worker_is_killed(smol_path, endpoints, workers, then: str, *args: str) -> subprocess.CompletedProcess:
+    """A Python process with SmolLM2 split over the workers and a context that has decoded
+    (ctx; its state in `state`) runs `then` after the first worker was killed (its port closed)."""
     script = f"""
 import os, signal, socket, sys, time
 import pyturbo
@@ -229,6 +222,21 @@ while time.monotonic() < deadline:  # until the worker's port is closed: the pro
         time.sleep(0.05)
     except OSError:
         break
+""" + then
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("call, what", [
+    ("ctx.decode(model.tokenize(' red, yellow and blue'))", "during llama_decode: Remote RPC server crashed or "
+                                                            "returned malformed response"),
+    ("ctx.save_state(sys.argv[1])", "before llama_state_get_data"),
+    ("ctx.load_state(state)", "during llama_memory_clear: Remote RPC server crashed or returned malformed response"),
+    ("ctx.reset()", "during llama_memory_clear: Remote RPC server crashed or returned malformed response"),
+])
+def test_the_python_api_raises_and_the_model_can_still_be_closed(smol_path, two_workers, tmp_path, call, what):
+    endpoints, workers = two_workers
+    result = after_a_worker_is_killed(smol_path, endpoints, workers, f"""
 try:
     {call}
 except BackendError as e:
@@ -239,14 +247,26 @@ except pyturbo.PyturboError as e:
     print("then:", e)
 model.close()
 print("closed")
-"""
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.bin")], capture_output=True,
-                            text=True, timeout=120)
+""", str(tmp_path / "state.bin"))
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0] == f"raised: RPC worker {endpoints[0]} is gone ({what}); load the model again once it runs"
     assert lines[1].startswith(f"then: this Context is unusable: RPC worker {endpoints[0]} is gone")
     assert lines[2] == "closed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("then, printed", [
+    ("ctx.close()\nprint('context closed')", "context closed"),  # the model is freed as the process exits
+    ("del ctx\nimport gc; gc.collect()\nprint('context collected')", "context collected"),
+    ("print('nothing closed')", "nothing closed"),  # both freed as the interpreter exits
+])
+def test_freeing_what_a_lost_worker_held_does_not_end_the_process(smol_path, two_workers, then, printed):
+    # freeing talks to every worker that holds buffers: to a lost one, ggml would end the process
+    endpoints, workers = two_workers
+    result = after_a_worker_is_killed(smol_path, endpoints, workers, then)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [printed]
 
 
 @pytest.mark.slow
