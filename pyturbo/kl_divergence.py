@@ -27,6 +27,7 @@ from .context import default_threads
 from .errors import PyturboError
 from .model import Model, open_model
 
+
 @dataclass
 class KLDResult:
     """One K/V configuration against the f16/f16 cache."""

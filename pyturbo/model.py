@@ -82,11 +82,8 @@ class Model(_native.NativeObject):
         self._contexts: weakref.WeakSet = weakref.WeakSet()
 
     def close(self) -> None:
-        """Free the model (and any context still open on it). Safe to call twice."""
-        if self.rpc and not self.closed and not self._abandoned_because and self.gone_workers():
-            # freeing its buffers would talk to the lost worker, which ends the process
-            self.backend_failed("when the model was closed")
-            return
+        """Free the model (and any context still open on it). Safe to call twice; with an
+        RPC worker gone, nothing is freed (safe_free)."""
         for ctx in list(self._contexts):
             ctx.close()
         super().close()

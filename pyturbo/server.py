@@ -28,10 +28,11 @@ import sys
 from pathlib import Path
 
 from . import _native
-from ._cli import ArgumentParser, float_list, positive_int, run_main
+from ._cli import ArgumentParser, add_cache_flags, add_kv_transform_flag, add_rpc_flags, positive_int, run_main
 from .allocation import available_host_memory
 from .assets import default_model
 from .cache_types import cache_type, check_cache
+from .devices import offload_devices
 from .errors import ContextError, LibraryError, PyturboError
 from .geometry import model_geometry
 from .gguf import check_gguf_file, read_gguf_header
@@ -64,10 +65,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], allow_abbrev=False,
                             epilog="Flags not listed here go to llama-server unchanged.")
     parser.add_argument("-m", "--model", dest="model_flag", default=None, help="GGUF file (or give it first)")
-    parser.add_argument("-ctk", "--cache-k", "--cache-type-k", dest="cache_k", default="f16", metavar="TYPE",
-                        help="K cache type (default f16; pyturbo.cache_types())")
-    parser.add_argument("-ctv", "--cache-v", "--cache-type-v", dest="cache_v", default="f16", metavar="TYPE",
-                        help="V cache type (default f16)")
+    add_cache_flags(parser)
     parser.add_argument("-c", "--ctx-size", dest="n_ctx", type=int, default=0, metavar="N",
                         help="context of all slots together (default 0: the model's training context)")
     parser.add_argument("-np", "--parallel", dest="parallel", type=positive_int, default=DEFAULT_PARALLEL,
@@ -78,12 +76,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", dest="n_gpu_layers", type=int, default=None,
                         metavar="N", help="layers to offload (default 0; all with --rpc)")
-    parser.add_argument("--rpc", default=None, metavar="HOST:PORT[,...]",
-                        help="RPC workers (python -m pyturbo.rpc_worker) for the offloaded layers")
-    parser.add_argument("-ts", "--tensor-split", dest="tensor_split", type=float_list, default=None,
-                        metavar="N0,N1,...", help="share of the offloaded layers per device")
-    parser.add_argument("--kv-transform", dest="kv_transform", default="auto", metavar="auto|off",
-                        help="exact K/V transforms for low-bit caches (see pyturbo.kv_transform)")
+    add_rpc_flags(parser)
+    add_kv_transform_flag(parser)
     parser.add_argument("--memory", default=None, metavar="SIZE",
                         help="plan against this much memory instead of what is free (e.g. 8GiB)")
     return parser
@@ -131,14 +125,13 @@ def memory_budget(args, endpoints: "list[str]") -> "tuple[int | None, str]":
     offloaded = bool(endpoints) or (args.n_gpu_layers or 0) != 0
     if not offloaded:
         return host, "free on this machine"
-    from .devices import offload_devices
     local = sum(d.memory_free for d in offload_devices())
     return host + local + rpc_worker_memory(endpoints), "free here, on the GPUs and the RPC workers"
 
 
-def check_fits(path: Path, args, budget: "int | None", source: str, flash_attn: str) -> str:
-    """ContextError unless the model with its context fits budget; the planner's figure otherwise."""
-    header = read_gguf_header(path)
+def check_fits(path: Path, header, args, budget: "int | None", source: str, flash_attn: str) -> str:
+    """ContextError unless the model (path, its GGUF header) with its context fits budget; the
+    planner's figure otherwise."""
     n_ctx = args.n_ctx or model_geometry(header).n_ctx_train or 4096
     est = estimate(header, n_ctx, args.cache_k, args.cache_v, n_seq=args.parallel, flash_attn=flash_attn)
     if budget is None or est.total <= budget:
@@ -179,13 +172,14 @@ def prepare(argv: "list[str]") -> "tuple[list[str], dict, str]":
     k, v = cache_type(args.cache_k), cache_type(args.cache_v)
     args.cache_k, args.cache_v = k.name, v.name
     flash_attn = args.flash_attn or ("on" if v.quantized else "auto")
-    check_cache(k, v, flash_attn, model_geometry(read_gguf_header(path)))
+    header = read_gguf_header(path)
+    check_cache(k, v, flash_attn, model_geometry(header))
     endpoints = parse_endpoints(args.rpc)
     for endpoint in endpoints:
         check_reachable(endpoint)
     args.rpc = ",".join(endpoints)
     budget, source = memory_budget(args, endpoints)
-    plan_line = check_fits(path, args, budget, source, flash_attn)
+    plan_line = check_fits(path, header, args, budget, source, flash_attn)
     env = dict(os.environ)
     flags = parse_kv_transform(args.kv_transform)
     env[KV_TRANSFORM_ENV] = "auto" if flags == KV_TRANSFORM_AUTO else str(flags)
