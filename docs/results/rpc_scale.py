@@ -182,8 +182,9 @@ def plot(results: dict, path: Path) -> None:
 def to_markdown(results: dict) -> str:
     paper, meas = results["on_paper"], results["measured"]
     lines = ["# RPC scale: a 70B model over four machines, and SmolLM2 over two loopback workers", "",
-             "Produced by `python docs/results/rpc_scale.py > docs/results/rpc-scale.md` (also writes",
-             "rpc-scale.json and rpc-scale.png). docs/scale.md explains the figures.", "",
+             f"Produced by `python docs/results/rpc_scale.py --repetitions {meas['repetitions']} > "
+             "docs/results/rpc-scale.md`", "(also writes rpc-scale.json and rpc-scale.png). docs/scale.md explains "
+             "the figures.", "",
              f"## On paper: Llama-3-70B shape, Q4_K_M weights, {N_CTX} tokens, {N_WORKERS} workers", "",
              "| K/V | weights | K cache | V cache | compute | total | per worker |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
