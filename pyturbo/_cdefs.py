@@ -57,17 +57,36 @@ const struct ggml_type_traits * ggml_get_type_traits(enum ggml_type type);
 """
 
 # One of pyturbo's own exports from libggml-base (csrc/turbo-quants.h): whether the loaded
-# library has it tells a build with the turbo types (cache_types.library_has_turbo).
+# library has it tells a build with the turbo types (_native._check_turbo_types).
 TURBO_CDEFS = """
 void dequantize_row_turbo3(const void * x, float * y, int64_t k);
 """
 
-# pyturbo's own exports from libllama (csrc/llama/turbo-kv-transform.h).
+# pyturbo's own exports from libllama: csrc/llama/turbo-kv-transform.h (a context with its K/V
+# transforms, in one call), csrc/llama/turbo-context-memory.h (what a context allocated).
 PYTURBO_LLAMA_CDEFS = """
-void pyturbo_kv_transform_request(int32_t flags);
-int32_t pyturbo_kv_transform_flags(const struct llama_context * ctx);
-int32_t pyturbo_kv_transform_auto_flags(const struct llama_model * model);
+struct llama_context * pyturbo_context_create(struct llama_model * model, struct llama_context_params params,
+                                              int32_t kv_transform, int32_t * applied);
 int32_t pyturbo_kv_transform_supported_flags(const struct llama_model * model);
+
+struct pyturbo_buffer_memory {
+    char name[64];
+    uint64_t k;
+    uint64_t v;
+    uint64_t recurrent;
+    uint64_t other;
+    uint64_t compute;
+    uint64_t output;
+};
+
+struct pyturbo_context_memory {
+    int32_t n_buffer_types;
+    uint32_t cells;
+    uint32_t cells_swa;
+    struct pyturbo_buffer_memory buffer_types[16];
+};
+
+int32_t pyturbo_context_memory(const struct llama_context * ctx, struct pyturbo_context_memory * out);
 
 // csrc/llama/turbo-guard.h: calls that report a ggml abort instead of ending the process
 int32_t pyturbo_guarded_decode(struct llama_context * ctx, struct llama_batch batch, char * error, size_t error_size);
@@ -363,6 +382,7 @@ CHECKED_STRUCTS = (
     "struct llama_sampler_chain_params",
     "struct ggml_type_traits",
     "struct ggml_type_traits_cpu",
+    "struct pyturbo_context_memory",
     "struct llama_model_quantize_params",
     "struct llama_model_imatrix_data",
     "struct llama_model_tensor_override",

@@ -11,26 +11,17 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from . import _native, state
-from ._allocation_log import parse_allocation_log
 from ._native import ffi, llama
-from .allocation import check_context_limits
+from .context_memory import ContextMemory, read_context_memory
+from .host import check_context_limits, default_threads
 from .cache_types import cache_type, check_cache, flash_attn_enabled, flash_attn_mode
 from .errors import ContextBusyError, ContextError, ContextOverflowError, StateError
-from .kv_transform import NO_REQUEST as KV_TRANSFORM_NO_REQUEST
 from .kv_transform import describe as describe_kv_transform
 from .kv_transform import parse as kv_transform_flags
 
 
 # Tokens a context shift always keeps at the start (llama.cpp's --keep 1: the BOS/system start).
 SHIFT_KEEP = 1
-
-
-def default_threads() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -104,22 +95,16 @@ class Context(_native.NativeObject):
         params.type_k = self.cache_k.type_id
         params.type_v = self.cache_v.type_id
         params.swa_full = self.swa_full
+        applied = ffi.new("int32_t *")
         with _native.captured_log() as log:
-            # the request is for this thread's next context: this one
-            llama.pyturbo_kv_transform_request(transform_request)
-            try:
-                handle = llama.llama_init_from_model(model.handle, params)
-            finally:
-                llama.pyturbo_kv_transform_request(KV_TRANSFORM_NO_REQUEST)
+            handle = llama.pyturbo_context_create(model.handle, params, transform_request, applied)
         if handle == ffi.NULL:
             reason = _native.last_problem(log) or "llama.cpp gave no reason"
             raise ContextError(f"could not create a context (K {self.cache_k.name}, V {self.cache_v.name}, "
                                f"n_ctx {n_ctx}): {reason}")
-        self._own(handle, model.safe_free(llama.llama_free))
-        self.kv_transform = describe_kv_transform(llama.pyturbo_kv_transform_flags(handle))
+        self._own(handle, llama.llama_free, model.health)
+        self.kv_transform = describe_kv_transform(applied[0])
         self._memory = llama.llama_get_memory(handle)
-        allocation = parse_allocation_log(line for _, line in log)
-        self._kv_bytes = {"k": allocation.kv_k, "v": allocation.kv_v}
         self._cached: list[int] = []  # tokens whose K/V are in the cache (sequence 0)
         self._n_dropped = 0  # tokens context shifts took out of the text the cache stands for
         self.last_stats = GenerationStats()
@@ -159,12 +144,15 @@ class Context(_native.NativeObject):
         return llama.llama_n_ubatch(self.handle)
 
     def kv_cache_bytes(self) -> dict:
-        """Bytes of the K and V caches as llama.cpp allocated them: {"k": ..., "v": ...}.
+        """Bytes of the K and V caches as llama.cpp allocated them: {"k": ..., "v": ...}."""
+        memory = self.memory()
+        return {"k": memory.kv_k, "v": memory.kv_v}
 
-        Read from llama.cpp's allocation report, which states MiB to two decimals,
-        so each figure is exact to within 0.005 MiB.
-        """
-        return dict(self._kv_bytes)
+    def memory(self) -> ContextMemory:
+        """What llama.cpp allocated for this context, exactly, per buffer type: K and V caches,
+        recurrent states, compute and output buffers (the output buffer grows with the
+        largest batch of logits asked for)."""
+        return read_context_memory(self.handle)
 
     # -- text <-> tokens ------------------------------------------------------------
 
@@ -224,13 +212,18 @@ class Context(_native.NativeObject):
             elif len(self._cached) + len(chunk) > self.n_ctx:
                 self._shift_out()
             ids = ffi.new("llama_token[]", chunk)
-            with _native.captured_log() as log:
-                status = _native.guarded_decode(self, llama.llama_batch_get_one(ids, len(chunk)))
-            if status != 0:
-                self._cached = self._cached[:max(0, llama.llama_memory_seq_pos_max(self._memory, 0) + 1)]
-                reason = _native.last_problem(log) or f"llama_decode returned {status}"
-                raise ContextError(f"could not evaluate {len(chunk)} tokens: {reason}")
+            self._evaluate(llama.llama_batch_get_one(ids, len(chunk)), len(chunk))
             self._cached.extend(chunk)
+
+    def _evaluate(self, batch, n_tokens: int) -> None:
+        """llama_decode of one batch after the cached tokens. ContextError with llama.cpp's reason
+        when it fails; the cache then holds what llama.cpp kept of it."""
+        with _native.captured_log() as log:
+            status = _native.guarded_decode(self, batch)
+        if status != 0:
+            self._cached = self._cached[:max(0, llama.llama_memory_seq_pos_max(self._memory, 0) + 1)]
+            reason = _native.last_problem(log) or f"llama_decode returned {status}"
+            raise ContextError(f"could not evaluate {n_tokens} tokens: {reason}")
 
     def truncate(self, n_tokens: int) -> None:
         """Keep only the first n_tokens of the cache (sequence 0)."""
@@ -296,12 +289,7 @@ class Context(_native.NativeObject):
                     batch.logits[i] = start + i >= first_output
                     n_out += start + i >= first_output
                 batch.n_tokens = len(chunk)
-                with _native.captured_log() as log:
-                    status = _native.guarded_decode(self, batch)
-                if status != 0:
-                    self._clear()
-                    reason = _native.last_problem(log) or f"llama_decode returned {status}"
-                    raise ContextError(f"could not evaluate {len(chunk)} tokens: {reason}")
+                self._evaluate(batch, len(chunk))
                 self._cached.extend(chunk)
                 if n_out:
                     logits = ffi.buffer(llama.llama_get_logits(self.handle), 4 * n_out * n_vocab)

@@ -3,7 +3,8 @@
 Architecture, parameters, file type and bits per weight, the tensor types,
 layers, heads, head sizes, training context, sliding window, chat template,
 tokenizer, the KV-cache bytes one token of context costs with f16, q8_0 and
-turbo3 caches, and the exact K/V transforms "auto" applies, with why. Read from the GGUF header alone: no tensor data is read and no
+turbo3 caches, and the exact K/V transforms "auto" applies with a pair of cache
+types (-ctk/-ctv, default turbo3/turbo3), with why. Read from the GGUF header alone: no tensor data is read and no
 model is loaded (pyturbo.gguf's header reader).
 """
 
@@ -15,11 +16,11 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ._cli import ArgumentParser, run_main
-from .allocation import CacheCells, kv_bytes
+from ._cli import ArgumentParser, add_cache_flags, run_main
+from .upstream.allocation import CacheCells, kv_bytes
 from .cache_types import cache_type, check_cache
 from .errors import CacheTypeError
-from .geometry import model_geometry
+from .upstream.geometry import model_geometry
 from .gguf import read_gguf_header
 from .kv_transform import auto_choice
 from .units import MiB
@@ -29,6 +30,9 @@ PROG = "python -m pyturbo.info"
 
 # Cache types whose per-token cost info reports: the default, the usual upstream quant, and turbo3.
 KV_REPORT_TYPES = ("f16", "q8_0", "turbo3")
+# The cache types whose K/V transforms info reports unless told others (-ctk/-ctv): the
+# low-bit pair, where the transforms matter most.
+DEFAULT_CACHE_PAIR = ("turbo3", "turbo3")
 
 
 @dataclass
@@ -57,7 +61,8 @@ class ModelInfo:
     tokenizer: str               # tokenizer.ggml.model (and .pre)
     n_vocab: int
     kv_bytes_per_token: dict = field(default_factory=dict)  # cache type -> K+V bytes (None: unusable)
-    kv_transform: str = "off"     # what kv_transform="auto" applies (pyturbo.kv_transform)
+    kv_transform_cache: str = ""  # the K/V cache types kv_transform is for ("turbo3/turbo3")
+    kv_transform: str = "off"     # what kv_transform="auto" applies with them (pyturbo.kv_transform)
     kv_transform_reason: str = ""
 
 
@@ -82,13 +87,15 @@ def _tokenizer(metadata: dict) -> str:
     return f"{model} ({pre})" if pre else str(model)
 
 
-def inspect(path: "str | os.PathLike") -> ModelInfo:
-    """Read a GGUF file's header into a ModelInfo."""
+def inspect(path: "str | os.PathLike", cache_k: str = DEFAULT_CACHE_PAIR[0],
+            cache_v: str = DEFAULT_CACHE_PAIR[1]) -> ModelInfo:
+    """Read a GGUF file's header into a ModelInfo; kv_transform is what "auto" applies with
+    the cache types cache_k / cache_v."""
     header = read_gguf_header(path)
     geometry = model_geometry(header)
     metadata = header.metadata
     stats = weight_stats(header)
-    transforms = auto_choice(header, geometry.n_layer)
+    transforms = auto_choice(header, cache_k, cache_v)
     return ModelInfo(
         path=str(path),
         name=str(metadata.get("general.name", Path(path).name)),
@@ -112,6 +119,7 @@ def inspect(path: "str | os.PathLike") -> ModelInfo:
         tokenizer=_tokenizer(metadata),
         n_vocab=geometry.n_vocab,
         kv_bytes_per_token={name: kv_bytes_per_token(geometry, name) for name in KV_REPORT_TYPES},
+        kv_transform_cache=f"{cache_type(cache_k).name}/{cache_type(cache_v).name}",
         kv_transform=transforms.transforms,
         kv_transform_reason=transforms.reason,
     )
@@ -148,7 +156,8 @@ def to_text(info: ModelInfo) -> str:
         ("chat template", "yes" if info.chat_template else "no"),
         ("tokenizer", f"{info.tokenizer}, {info.n_vocab} tokens"),
         ("KV per token", kv),
-        ("KV transforms", f"{info.kv_transform} with kv_transform=auto: {info.kv_transform_reason}"),
+        ("KV transforms", f"{info.kv_transform} with kv_transform=auto and a {info.kv_transform_cache} cache: "
+                          f"{info.kv_transform_reason}"),
     ]
     width = max(len(label) for label, _ in rows)
     return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
@@ -158,12 +167,14 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="GGUF file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_cache_flags(parser)
+    parser.set_defaults(cache_k=DEFAULT_CACHE_PAIR[0], cache_v=DEFAULT_CACHE_PAIR[1])
     return parser
 
 
 def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
-    info = inspect(args.model)
+    info = inspect(args.model, args.cache_k, args.cache_v)
     sys.stdout.write(json.dumps(asdict(info), indent=2) + "\n" if args.json else to_text(info))
     return 0
 

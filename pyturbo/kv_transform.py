@@ -1,7 +1,7 @@
 """Exact K/V transforms that make low-bit caches work on models with outlier channels.
 
 Attention is unchanged, in exact arithmetic, by these transforms of what the cache
-stores (csrc/llama/turbo-kv-transform.h and turbo-kv-calibration.h have the arithmetic):
+stores (csrc/llama/turbo-kv-transform.h and the files it names have the arithmetic):
 
 - ``k_calibrate``: keys stored as A (k - c) and queries multiplied by A^-1, c the keys'
   mean and A a 64x64 matrix per KV head that makes the cache's rounding cost the least
@@ -17,28 +17,27 @@ stores (csrc/llama/turbo-kv-transform.h and turbo-kv-calibration.h have the arit
 - ``v_center``: values stored minus the v_proj bias, added back to the output.
 
 llama.cpp applies them in the attention graph, on every backend, with context shift
-kept exact. ``"auto"`` (the default everywhere, the llama-cpp-python drop-in
-included) takes k_calibrate and v_equalize wherever the model allows them, for the
-quantized side of a cache only, for keys of 8 bits or more only where k_proj
-biases offset every key (Qwen2.5: q8_0/q8_0 6x better; without biases 8-bit keys
-measured the same, -4%..+3%), and V equalization only with transformed keys (on
-its own it moved SmolLM2 by -4%..+2%; with them it took another 6-7% off): they cut
-4-bit K/V KLD about 2x on SmolLM2 and 30x on Qwen2.5, whose k_proj biases put fixed
-outliers into every key (k_center+k_equalize stand in where RoPE rules calibration
-out and such biases exist). V centering is never automatic: it made Qwen2.5 worse
-(a value that attention sinks onto is small until c_v is taken from it). ``"off"`` turns everything off;
-``$PYTURBO_KV_TRANSFORM=off`` does so for code that creates contexts itself.
+kept exact. What ``"auto"`` (the default everywhere, the llama-cpp-python drop-in
+included) applies is one table, ``kv_transform_auto.txt`` beside this file, which
+libllama compiles in and `auto_choice` reads: calibrated keys for a quantized K below
+8 bits, or of any bits where k_proj biases offset every key (Qwen2.5), the weight-derived
+centering and equalization in calibration's place where RoPE rules it out, and V
+equalization for a quantized V with transformed keys. ``"off"`` turns everything off;
+``$PYTURBO_KV_TRANSFORM`` (see `env_value`) does so for code that creates contexts itself.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .geometry import model_geometry
+from .cache_types import CacheType, cache_type
 from .gguf import GGUFHeader, tensor_data
+from .upstream.geometry import model_geometry
 
 # Bits of the C side's flags (csrc/llama/turbo-kv-transform.h).
 K_CENTER = 1
@@ -47,10 +46,11 @@ V_CENTER = 4
 V_EQUALIZE = 8
 K_CALIBRATE = 16
 AUTO = -1
-NO_REQUEST = -2  # withdraws a request (libllama's PYTURBO_KVT_NO_REQUEST)
+KEY_FLAGS = K_CENTER | K_EQUALIZE | K_CALIBRATE
 TRANSFORMS = {"k_calibrate": K_CALIBRATE, "k_center": K_CENTER, "k_equalize": K_EQUALIZE, "v_center": V_CENTER,
               "v_equalize": V_EQUALIZE}
 ENV = "PYTURBO_KV_TRANSFORM"
+AUTO_TABLE = Path(__file__).with_name("kv_transform_auto.txt")
 
 
 def parse(value: "str | int | None") -> int:
@@ -82,16 +82,108 @@ def describe(flags: int) -> str:
     return "+".join(names) if names else "off"
 
 
-def set_process_default(value: "str | int") -> None:
-    """What contexts get when nobody asks (the llama-cpp-python drop-in, its server): sets
-    $PYTURBO_KV_TRANSFORM, which libllama reads at each context creation."""
+def env_value(value: "str | int") -> str:
+    """What $PYTURBO_KV_TRANSFORM holds for a choice: "auto", or the bits as a number (libllama
+    reads it for contexts nobody asked about: llama-server's, llama-cpp-python's)."""
     flags = parse(value)
-    os.environ[ENV] = "auto" if flags == AUTO else str(flags)
+    return "auto" if flags == AUTO else str(flags)
+
+
+def set_process_default(value: "str | int") -> None:
+    """What contexts created without a choice get from now on, in this process and the
+    processes it starts (the llama-cpp-python drop-in, its server)."""
+    os.environ[ENV] = env_value(value)
+
+
+
+@functools.lru_cache(maxsize=None)
+def auto_rules() -> tuple:
+    """kv_transform_auto.txt's lines as (transform bit, ((condition, negated), ...))."""
+    rules = []
+    for number, line in enumerate(AUTO_TABLE.read_text().splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if words[0] not in TRANSFORMS:
+            raise ValueError(f"{AUTO_TABLE.name}:{number}: unknown transform {words[0]!r}")
+        conditions = tuple((word.lstrip("!"), word.startswith("!")) for word in words[1:])
+        for name, _ in conditions:
+            if name not in ("k_quantized", "v_quantized", "k_below_8_bits", "keys") and \
+                    name.removeprefix("supports_") not in TRANSFORMS:
+                raise ValueError(f"{AUTO_TABLE.name}:{number}: unknown condition {name!r}")
+        rules.append((TRANSFORMS[words[0]], conditions))
+    return tuple(rules)
+
+
+def auto_flags(supported: int, cache_k: "str | CacheType", cache_v: "str | CacheType") -> int:
+    """What "auto" applies to a model allowing `supported` with these cache types: the table,
+    evaluated as libllama evaluates it (csrc/llama/turbo-kv-policy.cpp)."""
+    k, v = cache_type(cache_k), cache_type(cache_v)
+    facts = {"k_quantized": k.quantized, "v_quantized": v.quantized, "k_below_8_bits": k.bits_per_value < 8}
+    chosen = 0
+    for flag, conditions in auto_rules():
+        facts["keys"] = bool(chosen & KEY_FLAGS)
+        holds = all((bool(supported & TRANSFORMS[name.removeprefix("supports_")]) if name.startswith("supports_")
+                     else facts[name]) != negated for name, negated in conditions)
+        if holds:
+            chosen |= flag & supported
+    return chosen
+
+
+
+def _per_layer_tensor(header: GGUFHeader, n_layer: int, suffix: str) -> list:
+    by_name = {t.name: t for t in header.tensors}
+    return [by_name.get(f"blk.{il}.{suffix}") for il in range(n_layer)]
+
+
+def _plain_attention(header: GGUFHeader) -> bool:
+    """Every layer projects Q, K and V with their own weights into whole heads, RoPE-d in a
+    layout the transforms handle (libllama's model_allows_transforms, from the header)."""
+    geometry = model_geometry(header)
+    n_layer = geometry.n_layer
+    if n_layer == 0 or geometry.mla or header.get("rope.dimension_sections"):
+        return False  # no layers, compressed KV, or multi-section (M-RoPE) layouts
+    for suffix in ("attn_q.weight", "attn_k.weight", "attn_v.weight"):
+        if not all(_per_layer_tensor(header, n_layer, suffix)):
+            return False
+    if any(_per_layer_tensor(header, n_layer, "attn_qkv.weight")):
+        return False
+    return all(layer.n_head_kv > 0 and layer.n_head % layer.n_head_kv == 0 and layer.head_k == layer.head_v
+               for layer in geometry.layers)
+
+
+def supported_flags(header: GGUFHeader) -> int:
+    """The transforms a model allows, read from its header: what libllama's
+    pyturbo_kv_transform_supported_flags answers for the loaded model, except that it also
+    drops the equalizations where the weights were repacked for the CPU (they cannot be read)."""
+    if not _plain_attention(header):
+        return 0
+    geometry = model_geometry(header)
+    n_layer = geometry.n_layer
+    soft_cap = bool(header.get("attn_logit_softcapping"))
+    norm_gain = all(_per_layer_tensor(header, n_layer, "attn_norm.weight"))
+    qk_norm = all(_per_layer_tensor(header, n_layer, "attn_q_norm.weight")) and \
+        all(_per_layer_tensor(header, n_layer, "attn_k_norm.weight"))
+    out_proj = _per_layer_tensor(header, n_layer, "attn_output.weight")
+    flags = 0
+    if all(_per_layer_tensor(header, n_layer, "attn_k.bias")) and not soft_cap:
+        flags |= K_CENTER
+    if qk_norm or norm_gain:
+        flags |= K_EQUALIZE
+    if all(_per_layer_tensor(header, n_layer, "attn_v.bias")):
+        flags |= V_CENTER
+    if norm_gain and all(t is not None and t.shape[0] == layer.head_v * layer.n_head
+                         for t, layer in zip(out_proj, geometry.layers)):
+        flags |= V_EQUALIZE
+    head_k = geometry.head_size_k
+    if header.get("rope.dimension_count", head_k) == head_k and head_k % 2 == 0 and not soft_cap:
+        flags |= K_CALIBRATE
+    return flags
 
 
 @dataclass
 class AutoChoice:
-    """What "auto" applies to a model and why, read from its GGUF header and bias tensors."""
+    """What "auto" applies to a model with one pair of cache types, and why."""
 
     flags: int
     reason: str
@@ -103,46 +195,45 @@ class AutoChoice:
         return describe(self.flags)
 
 
-def _per_layer_tensor(header: GGUFHeader, n_layer: int, suffix: str) -> list:
-    by_name = {t.name: t for t in header.tensors}
-    return [by_name.get(f"blk.{il}.{suffix}") for il in range(n_layer)]
+def _why(flags: int, supported: int, k: CacheType, v: CacheType) -> str:
+    """The reason for an auto choice, in words."""
+    if flags & K_CALIBRATE:
+        keys = "K calibrated (centered and equalized) from one pass over a built-in text, once per model file"
+    elif flags & KEY_FLAGS:
+        keys = "K centered on its k_proj bias and equalized from the weights (RoPE rules calibration out)"
+    elif not k.quantized:
+        keys = f"K ({k.name}) is not quantized: keys as they are"
+    elif not supported & KEY_FLAGS:
+        keys = "the model allows no key transform: keys as they are"
+    else:
+        keys = f"{k.name} keys (8 bits) round finely enough without a k_proj bias: keys as they are"
+    if flags & V_EQUALIZE:
+        values = "V equalized from W_v and W_o"
+    elif not v.quantized:
+        values = f"V ({v.name}) is not quantized"
+    else:
+        values = "V as it is (its equalization pays only with transformed keys)"
+    return f"{keys}; {values}"
 
 
-def _full_rope(header: GGUFHeader) -> bool:
-    """RoPE turns every channel of a key head, and no logit soft-cap bends the scores (what
-    calibration needs)."""
-    head_k = model_geometry(header).head_size_k
-    return header.get("rope.dimension_count", head_k) == head_k and not header.get("attn_logit_softcapping")
-
-
-def auto_choice(header: GGUFHeader, n_layer: int) -> AutoChoice:
-    """The transforms "auto" asks for (libllama decides the same way: a test checks both agree;
-    where a calibration pass cannot run, it puts k_center+k_equalize in k_calibrate's place on
-    models with k_proj biases, and drops V equalization for weights repacked for the CPU)."""
-    fused = any(t is not None for t in _per_layer_tensor(header, n_layer, "attn_qkv.weight"))
-    if fused or n_layer == 0:
-        return AutoChoice(0, "a fused QKV projection: not transformed", [], [])
+def auto_choice(header: GGUFHeader, cache_k: "str | CacheType" = "turbo3",
+                cache_v: "str | CacheType" = "turbo3") -> AutoChoice:
+    """What "auto" applies to this model's contexts with these cache types, from its header
+    (a context's own answer is the same, tests/test_kv_transform.py checks; where a
+    calibration pass gives nothing, libllama puts k_center+k_equalize in k_calibrate's place
+    on models with k_proj biases)."""
+    k, v = cache_type(cache_k), cache_type(cache_v)
+    supported = supported_flags(header)
+    flags = auto_flags(supported, k, v)
+    n_layer = model_geometry(header).n_layer
     k_bias = _per_layer_tensor(header, n_layer, "attn_k.bias")
     v_bias = _per_layer_tensor(header, n_layer, "attn_v.bias")
-    k_norms = [float(np.linalg.norm(tensor_data(header, t))) for t in k_bias] if all(k_bias) else []
-    v_norms = [float(np.linalg.norm(tensor_data(header, t))) for t in v_bias] if all(v_bias) else []
-    norm_gain = all(_per_layer_tensor(header, n_layer, "attn_norm.weight"))
-    out_proj = all(_per_layer_tensor(header, n_layer, "attn_output.weight"))
-    values = V_EQUALIZE if norm_gain and out_proj else 0
-    if _full_rope(header):
-        keys, why = K_CALIBRATE, ("quantized K centered and equalized from one pass over a built-in text "
-                                  "(once per model file)")
-    elif k_norms:
-        keys, why = K_CENTER | K_EQUALIZE, "RoPE rules calibration out; k_proj biases give the key offset instead"
-    else:
-        keys, why = 0, "RoPE rules calibration out and there is no k_proj bias: keys as they are"
-    if keys and not k_norms:
-        why += " for K below 8 bits (8-bit keys round finely enough where no k_proj bias offsets them)"
-    if values:
-        why += ", and then quantized V equalized from W_v and W_o (alone it did not pay)"
+    k_norms = [float(np.linalg.norm(tensor_data(header, t))) for t in k_bias] if n_layer and all(k_bias) else []
+    v_norms = [float(np.linalg.norm(tensor_data(header, t))) for t in v_bias] if n_layer and all(v_bias) else []
+    why = _why(flags, supported, k, v)
     if k_norms:
         top = sorted(range(n_layer), key=lambda il: -k_norms[il])[:3]
         why += ("; k_proj biases put a fixed offset into every key: largest norms "
                 + ", ".join(f"layer {il} {k_norms[il]:.1f}" for il in top)
                 + f" (median {float(np.median(k_norms)):.1f})")
-    return AutoChoice(keys | values, why, k_norms, v_norms)
+    return AutoChoice(flags, why, k_norms, v_norms)

@@ -1,4 +1,4 @@
-"""How much memory a model needs for a context, before loading it, and what llama.cpp really allocates.
+"""How much memory a model needs for a context, before loading it.
 
     est = pyturbo.memory.estimate("model.gguf", n_ctx=32768, cache_k="q8_0", cache_v="turbo3")
     est.weights, est.kv_k, est.kv_v, est.compute, est.total      # bytes
@@ -6,27 +6,20 @@
 `estimate` reads only the GGUF header (pyturbo.gguf; no tensor data, no native
 library), so it works for a 70B file on a laptop, and for header-only files.
 It follows llama.cpp's own allocation rules at the pinned commit, which
-pyturbo.allocation writes down.
-
-`measure` creates a real context with pyturbo.Context and reads the sizes from
-llama.cpp's allocation log, so estimates can be checked.
+pyturbo.upstream.allocation writes down. pyturbo.measure.measure says what a real
+context allocates, to check an estimate against.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from . import _native
-from ._allocation_log import parse_allocation_log
-from .allocation import CELL_PADDING, DEFAULT_N_BATCH, DEFAULT_N_UBATCH, context_bytes
+from .upstream.allocation import CELL_PADDING, DEFAULT_N_BATCH, DEFAULT_N_UBATCH, context_bytes
 from .cache_types import cache_type, check_cache, flash_attn_enabled
-from .errors import PyturboError
-from .geometry import model_geometry
+from .upstream.geometry import model_geometry
 from .gguf import GGUFHeader, read_gguf_header
-from .model import Model, open_model
-from .units import MiB, parse_size
-from .quant_presets import weight_bytes_as
+from .units import parse_size
+from .upstream.quant_presets import weight_bytes_as
 from .weights import weight_bytes
 
 @dataclass
@@ -56,9 +49,7 @@ class MemoryEstimate:
 def _header_of(model) -> GGUFHeader:
     if isinstance(model, GGUFHeader):
         return model
-    if isinstance(model, Model):
-        return read_gguf_header(model.path)  # its file, not the native handle
-    return read_gguf_header(model)
+    return read_gguf_header(getattr(model, "path", model))  # a pyturbo.Model: its file
 
 
 def estimate(model, n_ctx: int, cache_k: str = "f16", cache_v: str = "f16", n_seq: int = 1,
@@ -155,43 +146,3 @@ def max_context_over_ubatch(model, memory: "int | str", cache_k: str = "f16", ca
     n_ubatch = next(ub for ub, (n, _) in reached.items() if n >= enough)
     n_ctx, est = reached[n_ubatch]
     return BatchedFit(n_ctx, est, n_ubatch, reached[choices[0]][0])
-
-
-@dataclass
-class MemoryMeasurement(MemoryEstimate):
-    """What llama.cpp allocated, read from its log: each figure exact to `resolution` bytes."""
-
-    resolution: int = 0   # the largest rounding error of a figure (MiB printed with 2 decimals)
-    kv_logged: list = field(default_factory=list)  # (K MiB, V MiB) as llama.cpp printed them, per cache
-    log: list = field(default_factory=list, repr=False)
-
-
-def measure(model, n_ctx: int, cache_k: str = "f16", cache_v: str = "f16", n_seq: int = 1,
-            flash_attn: "bool | str" = True, n_gpu_layers: int = 0, **context_kwargs) -> MemoryMeasurement:
-    """What llama.cpp really allocates for this context: a pyturbo.Context is created and freed.
-
-    model: a path (loaded with n_gpu_layers, then freed) or a pyturbo.Model. The
-    figures come from llama.cpp's allocation log (MiB with two decimals, so each is
-    exact to 0.005 MiB; the compute buffer to 0.00005 MiB); the weights are
-    llama_model_size. pyturbo.Context keeps one sequence and, like estimate() and
-    llama.cpp's tools, a window-sized cache for sliding-window layers unless
-    swa_full=True is passed (to both).
-    """
-    if n_seq != 1:
-        raise PyturboError("measure() creates a pyturbo.Context, which holds one sequence; "
-                           f"n_seq={n_seq} can only be estimated")
-    with open_model(model, n_gpu_layers=n_gpu_layers) as model:
-        with _native.captured_log() as log:
-            ctx = model.context(n_ctx=n_ctx, cache_k=cache_k, cache_v=cache_v, flash_attn=flash_attn,
-                                n_threads=1, **context_kwargs)
-            actual_ctx = ctx.n_ctx
-            names = (ctx.cache_k.name, ctx.cache_v.name)
-            ctx.close()
-        lines = [line for _, line in log]
-        weights = model.size_bytes
-    sizes = parse_allocation_log(lines)
-    return MemoryMeasurement(
-        n_ctx=actual_ctx, cache_k=names[0], cache_v=names[1], weights=weights,
-        kv_k=sizes.kv_k, kv_v=sizes.kv_v, compute=sizes.compute, recurrent=sizes.recurrent,
-        cells=max(sizes.cells, default=0), cells_swa=min(sizes.cells) if len(sizes.cells) > 1 else 0,
-        resolution=math.ceil(sizes.n_rounded * 0.005 * MiB), kv_logged=sizes.kv_logged, log=list(lines))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pyturbo import bench, fit, kl_divergence, kld_cache, memory, run, units
+from pyturbo.measure import measure
 from pyturbo.units import MiB
 from tiny_gguf import write_header_only, write_tiny_llama
 
@@ -154,7 +155,7 @@ def test_the_printed_flags_fed_to_run_allocate_what_the_plan_said(large_vocab_pa
     assert abs(ran["kv_k_bytes"] - planned.kv_k) <= 0.005 * MiB + 1
     assert abs(ran["kv_v_bytes"] - planned.kv_v) <= 0.005 * MiB + 1
     assert units.llama_mib(ran["kv_k_bytes"]) == units.llama_mib(planned.kv_k)
-    allocated = memory.measure(large_vocab_path, planned.n_ctx, "q8_0", "q8_0", n_ubatch=planned.n_ubatch)
+    allocated = measure(large_vocab_path, planned.n_ctx, "q8_0", "q8_0", n_ubatch=planned.n_ubatch)
     assert allocated.total == pytest.approx(planned.total, rel=0.05)
 
 

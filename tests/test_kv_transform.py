@@ -10,12 +10,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
 
 import pyturbo
 from pyturbo import _native, kv_transform
+from pyturbo import info as pyturbo_info
 from pyturbo.gguf import read_gguf_header
 from tiny_gguf import write_tiny_llama
 
@@ -60,10 +63,38 @@ def test_auto_calibrates_keys_and_equalizes_values_where_the_model_allows(qwen, 
     assert score(qwen, kv_transform="k_center")[1] == "k_center"
     # an asked transform the model cannot take is dropped: llama has no biases to center with
     assert score(tiny_model, kv_transform="k_center+k_equalize")[1] == "k_equalize"
-    # info's header-only reading agrees with libllama's choice
-    for model, path in ((qwen, qwen_path), (tiny_model, tiny_path)):
-        choice = kv_transform.auto_choice(read_gguf_header(path), model.n_layer)
-        assert choice.flags == _native.llama.pyturbo_kv_transform_auto_flags(model.handle)
+
+
+@pytest.mark.parametrize("which", ["qwen2", "llama"])
+def test_info_s_auto_answer_is_the_context_s_for_every_cache_pair(which, qwen, qwen_path, tiny_model, tiny_path):
+    model, path = (qwen, qwen_path) if which == "qwen2" else (tiny_model, tiny_path)
+    header = read_gguf_header(path)
+    names = [t.name for t in pyturbo.cache_types()]
+    for cache_k in names:
+        for cache_v in names:
+            with model.context(n_ctx=256, cache_k=cache_k, cache_v=cache_v, flash_attn="on") as ctx:
+                applied = ctx.kv_transform
+            assert kv_transform.auto_choice(header, cache_k, cache_v).transforms == applied, (cache_k, cache_v)
+    info = pyturbo_info.inspect(path, cache_k="q4_0", cache_v="q8_0")
+    assert info.kv_transform == score(model, "q4_0", "q8_0")[1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+def test_the_header_s_supported_transforms_are_libllama_s(tmp_path, arch):
+    path = write_tiny_llama(tmp_path / f"{arch}.gguf", arch=arch, bias=4.0 if arch == "qwen2" else 0.0)
+    with pyturbo.Model(path) as model:
+        in_library = _native.llama.pyturbo_kv_transform_supported_flags(model.handle)
+    assert kv_transform.supported_flags(read_gguf_header(path)) == in_library != 0
+
+
+def test_the_auto_table_reads_and_names_only_known_words():
+    rules = kv_transform.auto_rules()
+    assert {flag for flag, _ in rules} == {kv_transform.K_CALIBRATE, kv_transform.K_CENTER, kv_transform.K_EQUALIZE,
+                                           kv_transform.V_EQUALIZE}
+    # an F16 cache is never transformed by auto, whatever the model allows
+    everything = sum(kv_transform.TRANSFORMS.values())
+    assert kv_transform.auto_flags(everything, "f16", "f16") == 0
+    assert kv_transform.auto_flags(everything, "turbo3", "turbo3") == kv_transform.K_CALIBRATE | kv_transform.V_EQUALIZE
 
 
 def test_auto_transforms_only_the_quantized_side(qwen):
@@ -219,9 +250,10 @@ NO_ALLOC_CONTEXT = textwrap.dedent("""
     cparams.type_k = cache_type("turbo4").type_id
     cparams.type_v = cache_type("turbo3").type_id
     cparams.flash_attn_type = flash_attn_mode("on")
-    ctx = llama.llama_init_from_model(model, cparams)
+    applied = ffi.new("int32_t *")
+    ctx = llama.pyturbo_context_create(model, cparams, -1, applied)  # auto
     assert ctx != ffi.NULL
-    print("flags", llama.pyturbo_kv_transform_flags(ctx))
+    print("flags", applied[0])
     llama.llama_free(ctx)
     llama.llama_model_free(model)
 """)
@@ -256,3 +288,26 @@ def test_each_architecture_is_exact_and_rounds_better_with_auto(tmp_path, arch, 
         transformed, applied = score(model, "turbo4", "turbo4")
         assert applied == "k_calibrate+v_equalize"
         assert kld(reference, transformed) < at_most * plain, (plain, kld(reference, transformed))
+
+
+def test_contexts_of_two_models_do_not_wait_for_each_other_s_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTURBO_CACHE", str(tmp_path / "cache"))  # every calibration runs here
+    slow = [write_tiny_llama(tmp_path / f"slow{seed}.gguf", n_embd=512, n_head=8, n_head_kv=4, n_layer=6,
+                             n_ff=1024, seed=seed) for seed in (1, 2)]
+    quick = write_tiny_llama(tmp_path / "quick.gguf", seed=3)
+    low_bit = dict(cache_k="turbo3", cache_v="turbo3", n_threads=1)
+    with pyturbo.Model(slow[0]) as first, pyturbo.Model(slow[1]) as second, pyturbo.Model(quick) as other:
+        other.context(n_ctx=256, **low_bit).close()  # calibrated once: later contexts only build
+        started = time.perf_counter()
+        first.context(n_ctx=256, **low_bit).close()
+        calibration = time.perf_counter() - started  # a context whose model calibrates first
+
+        calibrating = threading.Thread(target=lambda: second.context(n_ctx=256, **low_bit).close())
+        calibrating.start()
+        time.sleep(0.2 * calibration)  # the second slow model's calibration is under way
+        started = time.perf_counter()
+        other.context(n_ctx=512, **low_bit).close()  # a new transform of the calibrated model
+        waited = time.perf_counter() - started
+        calibrating.join()
+    # before, one lock held through every calibration made it wait for the rest of that pass
+    assert waited < 0.5 * calibration, (waited, calibration)

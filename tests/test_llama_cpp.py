@@ -15,7 +15,7 @@ import pytest
 
 import pyturbo
 from pyturbo._native import library_dir
-from pyturbo._allocation_log import KV_SIZE_LINE
+from allocation_log import KV_SIZE_LINE
 from pyturbo.units import MiB
 
 CHILD_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

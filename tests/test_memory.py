@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import pyturbo
 from pyturbo import fit, memory, units
-from pyturbo.geometry import model_geometry
+from pyturbo.measure import measure
 from pyturbo.gguf import read_gguf_header
 from pyturbo.units import GiB, KiB, MiB
-from pyturbo.quant_presets import WEIGHT_QUANTS, weight_bytes_as
+from pyturbo.upstream.geometry import model_geometry
+from pyturbo.upstream.quant_presets import WEIGHT_QUANTS, weight_bytes_as
 from pyturbo.weights import weight_bytes
 from tiny_gguf import write_header_only as write_header
 
@@ -131,14 +132,11 @@ def test_q4_k_m_what_if_matches_the_real_llama_3_1_8b_file_size(tmp_path):
 # -- estimate vs what llama.cpp allocates ------------------------------------------------------
 
 def assert_estimate_matches(model, path, n_ctx, cache_k, cache_v, flash_attn="on"):
-    measured = memory.measure(model, n_ctx, cache_k, cache_v, flash_attn=flash_attn)
+    measured = measure(model, n_ctx, cache_k, cache_v, flash_attn=flash_attn)
     est = memory.estimate(path, n_ctx, cache_k, cache_v, flash_attn=flash_attn, swa_full=True)
     assert est.n_ctx == measured.n_ctx
-    # KV bytes: llama.cpp prints MiB to two decimals; the estimate prints identically
-    # and lies within that resolution (0.005 MiB) of the printed value.
-    assert measured.kv_logged == [(units.llama_mib(est.kv_k), units.llama_mib(est.kv_v))]
-    assert abs(est.kv_k - measured.kv_k) <= 0.005 * MiB + 1
-    assert abs(est.kv_v - measured.kv_v) <= 0.005 * MiB + 1
+    # libllama's own figures: the estimate is exact to the byte
+    assert (est.kv_k, est.kv_v) == (measured.kv_k, measured.kv_v)
     assert est.weights == measured.weights
     assert est.total == pytest.approx(measured.total, rel=0.05)
 
@@ -220,9 +218,30 @@ def test_fit_cli_markdown_has_the_table_what_if_and_a_recommendation(header_70b)
     (["--memory", "16 gigs"], "invalid size"),
     ([], "give a memory budget"),
     (["--ctx", "4096", "--cache-k", "nope"], "unsupported cache type"),
+    (["-m", "16GiB"], "two models"),                  # -m is the model, as in llama.cpp and pyturbo.run
 ])
 def test_fit_cli_errors_are_one_line_and_exit_code_2(header_70b, args, message):
     done = run_fit(header_70b, *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_fit_cli_takes_the_model_from_m_as_llama_cpp_does(header_70b, capsys):
+    assert fit.main(["-m", str(header_70b), "--memory", "16GiB", "--json"]) == 0
+    by_flag = json.loads(capsys.readouterr().out)
+    assert fit.main([str(header_70b), "--memory", "16GiB", "--json"]) == 0
+    assert by_flag == json.loads(capsys.readouterr().out)
+    assert by_flag["model"] == str(header_70b) and by_flag["memory"] == 16 * GiB
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory", "16GiB"], "give a GGUF file"),
+    (["-m", "16GiB", "--ctx", "4096"], "16GiB"),       # a model that is not there, not a budget
+])
+def test_fit_cli_without_a_model_file_is_a_one_line_error(args, message):
+    done = run_fit(*args)
     assert done.returncode == 2
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
