@@ -10,14 +10,7 @@ llama.cpp (pinned, with TurboQuant KV-cache types) driven from Python:
 """
 
 from .assets import cache_dir, default_model
-from .cache_types import (
-    GGML_TYPE_TURBO2,
-    GGML_TYPE_TURBO3,
-    GGML_TYPE_TURBO4,
-    CacheType,
-    cache_type,
-    cache_types,
-)
+from .cache_types import cache_type, cache_types
 from .context import Context, GenerationStats
 from .errors import (
     BackendError,
@@ -37,6 +30,7 @@ from .errors import (
     WeightTypeError,
 )
 from .model import Model
+from .upstream.cache_table import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4, CacheType
 from .weights import QuantizeResult
 
 __version__ = "0.1.0"

@@ -28,7 +28,7 @@ from ._cli import (DEFAULT_CLI_N_BATCH, DEFAULT_CLI_N_UBATCH, ArgumentParser, ad
                    setup_logging)
 from ._report import OUTPUT_FORMATS, emit, markdown_table, pyplot
 from .cache_types import cache_type, flash_attn_mode
-from .context import default_threads
+from .host import default_threads
 from .model import Model, open_model
 from .units import MiB
 

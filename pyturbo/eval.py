@@ -25,11 +25,12 @@ from tqdm import tqdm
 from ._cli import (ArgumentParser, add_ctx_flag, add_flash_attn_flag, add_kv_transform_flag, add_threads_flag,
                    add_verbose_flag, float_list, int_list, run_main, setup_logging)
 from ._report import emit, markdown_table, pyplot
-from .cache_types import UPSTREAM_CACHE_TYPES, kv_configs
-from .context import default_threads
+from .cache_types import kv_configs
 from .errors import ContextOverflowError, PyturboError
+from .host import default_threads
 from .kl_divergence import KLDResult, kld, read_text
 from .model import Model, open_model
+from .upstream.cache_table import UPSTREAM_CACHE_TYPES
 
 PROG = "python -m pyturbo.eval"
 REFERENCE = ("f16", "f16")

@@ -1,8 +1,8 @@
 """What fits in a memory budget: the longest context per K/V cache configuration, and the best one.
 
-    python -m pyturbo.fit MODEL --memory 16GiB [-c N] [--cache-k T,..] [--cache-v T,..]
-                          [--weights QUANT] [-ub N] [--measure [--chunks N] [--text FILE]]
-                          [--json] [--plot out.png]
+    python -m pyturbo.fit [-m] MODEL --memory 16GiB [-c N] [--cache-k T,..] [--cache-v T,..]
+                               [--weights QUANT] [-ub N] [--measure [--chunks N] [--text FILE]]
+                               [--json] [--plot out.png]
 
 Memory comes from the GGUF header (pyturbo.memory.estimate): nothing is loaded,
 so it answers for a 70B file on a laptop. With --memory: for each K/V
@@ -32,13 +32,13 @@ from . import kld_cache, plan_plots
 from ._cli import (ArgumentParser, add_cache_flags, add_ctx_flag, add_flash_attn_flag, add_swa_full_flag,
                    add_threads_flag, run_main)
 from ._report import markdown_table
-from .allocation import CELL_PADDING, DEFAULT_N_UBATCH
 from .cache_types import cache_type
-from .geometry import ModelGeometry, model_geometry
 from .gguf import GGUFHeader, read_gguf_header
 from .memory import UBATCH_CHOICES, estimate, max_context_over_ubatch
 from .units import format_size, parse_size
-from .quant_presets import WEIGHT_QUANTS
+from .upstream.allocation import CELL_PADDING, DEFAULT_N_UBATCH
+from .upstream.geometry import ModelGeometry, model_geometry
+from .upstream.quant_presets import WEIGHT_QUANTS
 
 PROG = "python -m pyturbo.fit"
 
@@ -391,9 +391,9 @@ def size_arg(text: str) -> int:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog=PROG, description="What fits in a memory budget, from the GGUF header alone.")
-    parser.add_argument("model", help="GGUF file (only its header is read)")
-    parser.add_argument("--memory", "-m", type=size_arg, default=None,
-                        help="memory budget: 16GiB, 16GB, 16000MB or bytes")
+    parser.add_argument("model", nargs="?", default=None, help="GGUF file (only its header is read)")
+    parser.add_argument("-m", "--model", dest="model_flag", default=None, help="GGUF file (as llama.cpp's -m)")
+    parser.add_argument("--memory", type=size_arg, default=None, help="memory budget: 16GiB, 16GB, 16000MB or bytes")
     add_ctx_flag(parser, None, "context length to size instead")
     add_cache_flags(parser, many=True)
     # Neither -ctk nor -ctv given: the standard set of K/V pairs (DEFAULT_CONFIGS), not f16/f16.
@@ -422,6 +422,11 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.model and args.model_flag:
+        raise ValueError(f"two models: {args.model} and -m {args.model_flag}")
+    args.model = args.model or args.model_flag
+    if not args.model:
+        raise ValueError("give a GGUF file: python -m pyturbo.fit MODEL (or -m MODEL)")
     if args.memory is None and not args.n_ctx:
         raise ValueError("give a memory budget (--memory 16GiB), a context (-c 32768), or both")
     if args.n_ctx is not None and args.n_ctx <= 0:

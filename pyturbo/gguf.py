@@ -15,7 +15,7 @@ is applied here too, so a file pyturbo plans for is one llama.cpp can parse.
 llama.cpp reports most problems of a file as a failed load, but some it meets
 with GGML_ASSERT, which aborts the process: `check_gguf_file` (what
 pyturbo.Model and pyturbo.weights.quantize call first) refuses those files too,
-with InvalidModelError (see pyturbo.loader_rules).
+with InvalidModelError (see pyturbo.upstream.loader_rules).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Sequence
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from .cache_types import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4
+from .upstream.cache_table import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4
 from .errors import InvalidModelError, ModelNotFoundError
-from .loader_rules import check_loader_rules
+from .upstream.loader_rules import check_loader_rules
 
 GGUF_MAGIC = b"GGUF"
 # ggml's GGML_MAX_DIMS: no tensor has more dimensions.
@@ -61,7 +61,7 @@ _SCALAR_FORMATS = {
 # The fewest bytes one value of a type takes in the file (a string: its 8-byte length).
 _MIN_VALUE_BYTES = {**{t: struct.calcsize("<" + f) for t, f in _SCALAR_FORMATS.items()},
                     GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}
-# pyturbo's cache-only ggml types (pyturbo.cache_types), which ggml refuses in a file by name.
+# pyturbo's cache-only ggml types (pyturbo.upstream.cache_table), which ggml refuses in a file by name.
 _TURBO_TYPE_NAMES = {GGML_TYPE_TURBO2: "turbo2", GGML_TYPE_TURBO3: "turbo3", GGML_TYPE_TURBO4: "turbo4"}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -92,7 +92,7 @@ def check_gguf_file(path: "str | os.PathLike", role: str = "model file") -> Path
     """The path, if it names a GGUF file llama.cpp can be given; else ModelNotFoundError /
     InvalidModelError saying why. Besides the header (read_gguf_header), every tensor's data
     must lie inside the file where ggml expects it, and nothing may break a rule llama.cpp's
-    loader asserts (pyturbo.loader_rules): those files would abort the process, not fail."""
+    loader asserts (pyturbo.upstream.loader_rules): those files would abort the process, not fail."""
     header = read_gguf_header(path, role)
     check_tensor_data(header)
     check_loader_rules(header)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .assets import default_text
 from .cache_types import kv_configs
-from .context import default_threads
+from .host import default_threads
 from .errors import PyturboError
 from .model import Model, open_model
 

@@ -16,10 +16,10 @@ from .context import Context
 from .devices import device_handles, offload_devices
 from .devices import devices as all_devices
 from .errors import BackendError, InvalidModelError, PyturboError
-from .geometry import ModelGeometry, model_geometry
 from .gguf import check_gguf_file, read_gguf_header
 from .rpc import connect_workers, free_unless_a_worker_is_gone, parse_endpoints, worker_answers
 from .state import model_fingerprint
+from .upstream.geometry import ModelGeometry, model_geometry
 from .weights import select_quant
 
 

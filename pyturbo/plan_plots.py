@@ -7,11 +7,11 @@ import os
 from typing import Sequence
 
 from ._report import pyplot
-from .allocation import CELL_PADDING, DEFAULT_N_UBATCH
-from .geometry import model_geometry
 from .gguf import GGUFHeader
 from .memory import estimate
 from .units import GiB, format_size
+from .upstream.allocation import CELL_PADDING, DEFAULT_N_UBATCH
+from .upstream.geometry import model_geometry
 
 
 def plot_budget(results: Sequence, memory: int, path: "str | os.PathLike", model_name: str) -> None:

@@ -116,7 +116,7 @@ def build_parser() -> ArgumentParser:
                         help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("-t", "--threads", type=positive_int, default=None,
                         help="CPU threads for the computations (default: all)")
-    parser.add_argument("-m", "--mem", default=None, metavar="SIZE",
+    parser.add_argument("--mem", default=None, metavar="SIZE",
                         help="memory to offer clients, e.g. 8GiB (default: what the device reports); "
                              "llama.cpp splits layers over workers by it")
     parser.add_argument("-d", "--device", type=str_list, default=None, metavar="NAME[,NAME]",

@@ -42,7 +42,7 @@ from ._cli import (ArgumentParser, add_kv_transform_flag, add_threads_flag, add_
 from ._report import markdown_table
 from .assets import default_model, default_text
 from .cache_types import check_cache, flash_attn_mode, kv_configs
-from .context import default_threads
+from .host import default_threads
 from .devices import Device, devices, find_offload_devices, offload_devices
 from .errors import CacheTypeError, PyturboError
 from .model import Model

@@ -29,12 +29,12 @@ from pathlib import Path
 
 from . import _native
 from ._cli import ArgumentParser, add_cache_flags, add_kv_transform_flag, add_rpc_flags, positive_int, run_main
-from .allocation import available_host_memory
+from .host import available_host_memory
 from .assets import default_model
 from .cache_types import cache_type, check_cache
 from .devices import offload_devices
 from .errors import ContextError, LibraryError, PyturboError
-from .geometry import model_geometry
+from .upstream.geometry import model_geometry
 from .gguf import check_gguf_file, read_gguf_header
 from .kv_transform import AUTO as KV_TRANSFORM_AUTO
 from .kv_transform import ENV as KV_TRANSFORM_ENV

@@ -5,7 +5,7 @@
     select_quant("models/", "Q4_K_M")   # the Q4_K_M file of a folder (made once from a 16-bit one)
 
 The CLI is `python -m pyturbo.quantize`; the per-tensor rules of llama-quantize's
-presets, for sizing weights that were never made, are in pyturbo.quant_presets.
+presets, for sizing weights that were never made, are in pyturbo.upstream.quant_presets.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from tqdm import tqdm
 from . import _native
 from ._native import ffi, llama
 from .assets import cache_dir, sha256_of
-from .cache_types import TURBO_CACHE_TYPES
-from .context import default_threads
 from .errors import ModelNotFoundError, QuantizeError, WeightTypeError
 from .gguf import GGUFHeader, check_gguf_file, read_gguf_header
+from .host import default_threads
 from .imatrix import read_imatrix
 from .units import MiB
+from .upstream.cache_table import TURBO_CACHE_TYPES
 
 
 @dataclass(frozen=True)

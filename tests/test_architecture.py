@@ -13,6 +13,11 @@ MAX_MODULE_LINES = 500
 # Command-line modules: each a `python -m` entry point. Nothing else may import them.
 TOOLS = {"pyturbo.run", "pyturbo.bench", "pyturbo.eval", "pyturbo.fit", "pyturbo.quantize", "pyturbo.info",
          "pyturbo.selftest", "pyturbo.server", "pyturbo.rpc_worker", "pyturbo.llama_cpp.server"}
+# Modules that work from a GGUF header (or from nothing) and must not reach for the inference
+# stack; with every pyturbo.upstream module.
+HEADER_ONLY = {"pyturbo.gguf", "pyturbo.units", "pyturbo.errors", "pyturbo.host", "pyturbo.cache_types",
+               "pyturbo.memory", "pyturbo.fit", "pyturbo.info", "pyturbo.plan_plots", "pyturbo.kv_transform"}
+INFERENCE_STACK = {"pyturbo.context", "pyturbo.model", "pyturbo._native"}
 
 
 def module_name(path: Path) -> str:
@@ -85,6 +90,17 @@ def test_only_the_package_entry_points_import_command_line_modules():
         if module in ("pyturbo", "pyturbo.llama_cpp"):
             continue
         assert not (deps & TOOLS) - {module}, f"{module} imports the command-line module(s) {deps & TOOLS}"
+
+
+def test_header_only_modules_do_not_import_the_inference_stack():
+    graph = import_graph()
+    upstream = {module for module in graph if module.startswith("pyturbo.upstream.")}
+    assert {"pyturbo.upstream.allocation", "pyturbo.upstream.cache_table"} <= upstream
+    header_only = HEADER_ONLY | upstream
+    assert header_only <= set(graph), f"not modules: {sorted(header_only - set(graph))}"
+    offenders = {module: sorted(graph[module] & INFERENCE_STACK) for module in sorted(header_only)
+                 if graph[module] & INFERENCE_STACK}
+    assert not offenders, f"header-only modules importing the inference stack: {offenders}"
 
 
 def test_only_native_touches_cffi():

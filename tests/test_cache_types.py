@@ -3,7 +3,7 @@
 import pytest
 
 import pyturbo
-from pyturbo.cache_types import UPSTREAM_CACHE_TYPES
+from pyturbo.upstream.cache_table import UPSTREAM_CACHE_TYPES
 
 
 def test_upstream_cache_types_are_listed_in_llama_cpp_order_with_their_bits():
@@ -30,7 +30,7 @@ def test_unknown_names_raise_with_the_valid_list(bad):
 
 
 def test_the_static_table_matches_the_loaded_libggml():
-    """pyturbo.cache_types is a table (no native library needed); it must say what libggml says."""
+    """pyturbo.upstream.cache_table is a static table (no native library needed); it must say what libggml says."""
     from pyturbo._native import c_string, ggml
 
     for t in pyturbo.cache_types():

@@ -23,7 +23,7 @@ from pyturbo import weights
 from pyturbo.gguf import read_gguf_header
 from pyturbo.imatrix import read_imatrix
 from pyturbo.quantize import PROG, main
-from pyturbo.quant_presets import weight_bytes_as
+from pyturbo.upstream.quant_presets import weight_bytes_as
 from pyturbo.weights import (
     WEIGHT_TYPES, QuantizeError, WeightTypeError, cached_quant_path, quant_in_name, quantize, select_quant,
     weight_type,

@@ -107,6 +107,17 @@ def test_a_missing_worker_is_a_clear_error_not_an_abort(tiny_path):
         f"(start one there: python -m pyturbo.rpc_worker --port {port})"]
 
 
+def test_a_worker_takes_its_memory_as_mem_only_since_m_means_a_model():
+    from pyturbo.rpc_worker import build_parser
+
+    assert build_parser().parse_args(["--mem", "8GiB"]).mem == "8GiB"
+    result = subprocess.run([sys.executable, "-m", "pyturbo.rpc_worker", "-m", "8GiB"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "python -m pyturbo.rpc_worker: error: unrecognized arguments: -m 8GiB"]
+
+
 def test_a_worker_refuses_a_taken_port_and_warns_off_loopback():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

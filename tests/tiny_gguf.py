@@ -102,7 +102,7 @@ def qwen2_biases(rng, n_layer: int, n_head: int, n_head_kv: int, head: int, scal
 
 def add_hyperparameters(writer: GGUFWriter, n_ctx_train: int, n_embd: int, n_layer: int, n_ff: int, n_head,
                         n_head_kv, head: int) -> None:
-    """The llama hyperparameters llama.cpp and pyturbo.geometry read (head counts may be per-layer lists)."""
+    """The llama hyperparameters llama.cpp and pyturbo.upstream.geometry read (head counts may be per-layer lists)."""
     writer.add_context_length(n_ctx_train)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)

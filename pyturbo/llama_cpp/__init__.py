@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 from .. import _native
-from ..cache_types import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4, check_cache
+from ..cache_types import check_cache
+from ..upstream.cache_table import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4
 from ..cache_types import cache_type as _cache_type
 from ..errors import PyturboError
 from ..gguf import check_gguf_file

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from gguf import GGMLQuantizationType
 
-from .errors import InvalidModelError
+from ..errors import InvalidModelError
+
+CHECKED_AT_PIN = "0c1e57098"
 
 # (pyturbo.gguf calls this module, so it takes the GGUFHeader it is given and imports nothing of gguf's.)
 UINT32_MAX = 2**32 - 1

@@ -10,10 +10,12 @@ import re
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .errors import WeightTypeError
+from ..errors import WeightTypeError
+from ..gguf import GGUFHeader, TensorInfo, tensor_bytes
+from ..weights import WeightType, weight_type
 from .geometry import ModelGeometry, model_geometry
-from .gguf import GGUFHeader, TensorInfo, tensor_bytes
-from .weights import WeightType, weight_type
+
+CHECKED_AT_PIN = "0c1e57098"
 
 # `llama-quantize` presets for the "what if" weights. A preset is not one type:
 # llama_tensor_get_type (src/llama-quant.cpp) gives some tensors more bits. The

@@ -1,8 +1,8 @@
 """llama.cpp's allocation rules for a context, as functions of a model's geometry: cells,
 KV-cache bytes, recurrent state, compute buffer. No file, no native library.
 
-pyturbo.memory's planner (estimate, max_context) and pyturbo.Context's check that a
-context fits in the memory there is both use these.
+pyturbo.memory's planner (estimate, max_context) and pyturbo.host's check that a
+context fits in this machine's memory both use these.
 
 They follow llama.cpp's own rules at the pinned commit
 (src/llama-context.cpp, llama-kv-cache.cpp, llama-kv-cache-iswa.cpp,
@@ -27,15 +27,12 @@ memory. It is within a few percent of llama.cpp's CPU figure for llama-type mode
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
-from .cache_types import CacheType, attention_rotation
-from .errors import ContextError, PyturboWarning
+from .cache_table import CacheType, attention_rotation
 from .geometry import ModelGeometry
-from .units import format_size
+
+CHECKED_AT_PIN = "0c1e57098"
 
 # llama_context pads n_ctx (and each sequence's share) to this many cells.
 CELL_PADDING = 256
@@ -199,53 +196,3 @@ def context_bytes(geometry: ModelGeometry, n_ctx: int, cache_k: CacheType, cache
     compute = compute_bytes(geometry, cells, flash_attn, *attention_rotation(geometry, cache_k, cache_v),
                             n_seq=n_seq)
     return ContextBytes(cells, kv_k, kv_v, compute, recurrent_bytes(geometry, n_seq))
-
-
-def available_host_memory() -> "int | None":
-    """Bytes this process can still allocate before the OS has to take them back: the
-    kernel's MemAvailable, capped by the cgroup's limit where there is one (containers);
-    None where neither can be read."""
-    figures = []
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    figures.append(int(line.split()[1]) * 1024)
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    cgroup = Path("/sys/fs/cgroup")
-    try:
-        limit = (cgroup / "memory.max").read_text().strip()
-        if limit != "max":
-            figures.append(int(limit) - int((cgroup / "memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    if not figures and hasattr(os, "sysconf"):
-        try:
-            figures.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (OSError, ValueError):
-            pass
-    return max(0, min(figures)) if figures else None
-
-
-def check_context_limits(geometry: ModelGeometry, model_name: str, n_ctx: int, cache_k: CacheType,
-                         cache_v: CacheType, flash_attn: bool, *, swa_full: bool, n_batch: int, n_ubatch: int,
-                         host_only: bool = True) -> None:
-    """Warn when n_ctx is beyond the training context; refuse, before llama.cpp allocates it,
-    a context whose caches and buffers exceed the memory available (checked when every
-    layer is on the CPU, host_only, where they all live in host memory)."""
-    if geometry.n_ctx_train and n_ctx > geometry.n_ctx_train:
-        warnings.warn(f"n_ctx {n_ctx} is beyond the {geometry.n_ctx_train} tokens {model_name} was trained on: "
-                      "expect worse answers past that point", PyturboWarning, stacklevel=4)
-    if not host_only:
-        return
-    needed = context_bytes(geometry, n_ctx, cache_k, cache_v, flash_attn, swa_full=swa_full, n_batch=n_batch,
-                           n_ubatch=n_ubatch)
-    available = available_host_memory()
-    if available is not None and needed.total > available:
-        raise ContextError(
-            f"a context of {needed.cells.n_ctx} tokens with K {cache_k.name} / V {cache_v.name} needs about "
-            f"{format_size(needed.total)} (KV cache {format_size(needed.kv_k + needed.kv_v)}), but only "
-            f"{format_size(available)} of memory is available; use a smaller n_ctx or smaller cache types "
-            "(python -m pyturbo.fit MODEL --memory SIZE finds the largest that fits)")

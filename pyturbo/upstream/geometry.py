@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InvalidModelError
-from .gguf import GGUFHeader
+from ..errors import InvalidModelError
+from ..gguf import GGUFHeader
 from .loader_rules import LLAMA_MAX_LAYERS
+
+CHECKED_AT_PIN = "0c1e57098"
 
 # Sliding-window layout per architecture, when the GGUF has no
 # `attention.sliding_window_pattern`: (n_pattern, dense_first) as the
