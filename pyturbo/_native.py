@@ -252,27 +252,32 @@ def c_string(value) -> str:
 
 
 class NativeObject:
-    """Owns one C handle: freed once, by close(), the end of a `with` block or garbage collection."""
+    """Owns one C handle: freed once, by close(), the end of a `with` block or garbage collection.
 
-    _abandoned_because = ""
+    Its `health` (a pyturbo.rpc.WorkerHealth, shared by a model and its contexts) is handed
+    over with the handle: it knows what the handle lives on, frees it only while that is
+    there, and once told of a failure keeps every object sharing it unfreed and unusable.
+    """
 
-    def _own(self, handle, free) -> None:
+    def _own(self, handle, free, health) -> None:
         self._handle = handle
-        self._finalizer = weakref.finalize(self, free, handle)
+        self.health = health
+        # health.free, not a method of self: the finalizer must not keep self alive
+        self._finalizer = weakref.finalize(self, health.free, free, handle)
 
     @property
     def handle(self):
-        if self._abandoned_because:
-            raise PyturboError(f"this {type(self).__name__} is unusable: {self._abandoned_because}")
+        if self.health.failure:
+            raise PyturboError(f"this {type(self).__name__} is unusable: {self.health.failure}")
         if self.closed:
             raise PyturboError(f"this {type(self).__name__} is closed")
         return self._handle
 
     def abandon(self, reason: str) -> None:
-        """Never free the native object (its backend is gone: freeing would talk to it) and
-        refuse every later use with `reason`. Costs its memory until the process ends."""
-        self._abandoned_because = reason
-        self._finalizer.detach()
+        """Never free this object nor the others that share its health (its backend is gone:
+        freeing would talk to it) and refuse every later use with `reason`. Costs their memory
+        until the process ends."""
+        self.health.abandon(reason)
 
     def close(self) -> None:
         """Free the native object. Safe to call twice."""
@@ -280,7 +285,7 @@ class NativeObject:
 
     @property
     def closed(self) -> bool:
-        return not self._finalizer.alive
+        return not self._finalizer.alive or bool(self.health.failure)
 
     def __enter__(self):
         return self
@@ -296,15 +301,15 @@ def guarded_call(context, what: str, function, *args) -> int:
     """function(*args, error, error_size), one of csrc/llama/turbo-guard.h's calls, and its result.
 
     Where ggml would have ended the process instead (a lost RPC worker, a failed assertion
-    in this thread), the context's model and all its contexts are abandoned and
-    BackendError raised, saying where (`what`) and ggml's message.
+    in this thread), the context's health is told (its model and all its contexts are
+    abandoned) and BackendError raised, saying where (`what`) and ggml's message.
     """
     error = ffi.new("char[]", 1024)
     status = function(*args, error, len(error))
     if status != GUARD_ABORTED:
         return status
     message = re.sub(r"^\S+:\d+: ", "", c_string(error).strip())  # ggml's "file:line: " prefix
-    raise BackendError(context.model.backend_failed(f"during {what}: {message}"))
+    raise BackendError(context.health.backend_failed(f"during {what}: {message}"))
 
 
 def guarded_decode(context, batch) -> int:

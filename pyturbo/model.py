@@ -15,9 +15,9 @@ from .assets import default_model
 from .context import Context
 from .devices import device_handles, offload_devices
 from .devices import devices as all_devices
-from .errors import BackendError, InvalidModelError, PyturboError
+from .errors import InvalidModelError, PyturboError
 from .gguf import check_gguf_file, read_gguf_header
-from .rpc import connect_workers, free_unless_a_worker_is_gone, parse_endpoints, worker_answers
+from .rpc import WorkerHealth, connect_workers, parse_endpoints
 from .state import model_fingerprint
 from .upstream.geometry import ModelGeometry, model_geometry
 from .weights import select_quant
@@ -77,48 +77,35 @@ class Model(_native.NativeObject):
         if handle == ffi.NULL:
             reason = _native.last_problem(log) or "llama.cpp gave no reason"
             raise InvalidModelError(f"could not load model {self.path}: {reason}")
-        self._own(handle, self.safe_free(llama.llama_model_free))
+        self._own(handle, llama.llama_model_free, WorkerHealth(self.rpc))
         self._vocab = llama.llama_model_get_vocab(handle)
         self._contexts: weakref.WeakSet = weakref.WeakSet()
 
     def close(self) -> None:
         """Free the model (and any context still open on it). Safe to call twice; with an
-        RPC worker gone, nothing is freed (safe_free)."""
+        RPC worker gone, nothing is freed (pyturbo.rpc.WorkerHealth.free)."""
         for ctx in list(self._contexts):
             ctx.close()
         super().close()
 
+    # The RPC workers' health is self.health (pyturbo.rpc.WorkerHealth), shared with every
+    # context; these are its answers, for this model.
+
     def gone_workers(self) -> list[str]:
         """This model's RPC workers that are gone (pyturbo.rpc.worker_answers)."""
-        return [endpoint for endpoint in self.rpc if not worker_answers(endpoint)]
+        return self.health.gone()
 
     def safe_free(self, free):
-        """free for this model or one of its contexts (rpc.free_unless_a_worker_is_gone)."""
-        return free_unless_a_worker_is_gone(free, self.rpc)
+        """free, as a function of the handle, for this model or one of its contexts (WorkerHealth.free)."""
+        return functools.partial(self.health.free, free)
 
     def check_workers(self, what: str) -> None:
-        """BackendError, and this model abandoned, if one of its RPC workers is gone: `what`
-        (a call that reads or writes the caches outside pyturbo's guard) would end the process."""
-        if self.rpc and self.gone_workers():
-            raise BackendError(self.backend_failed(f"before {what}"))
+        """BackendError, and this model abandoned, if one of its RPC workers is gone (WorkerHealth.check_workers)."""
+        self.health.check_workers(what)
 
     def backend_failed(self, what: str) -> str:
-        """Abandon this model after ggml gave up in one of its calls, or before a call that would
-        (what: where, and ggml's message); the reason, naming the RPC workers that are gone."""
-        gone = self.gone_workers()
-        if gone:
-            reason = (f"RPC worker {', '.join(gone)} is gone ({what}); load the model again once "
-                      f"{'it runs' if len(gone) == 1 else 'they run'}")
-        else:
-            reason = f"the backend failed ({what}); load the model again"
-        self.abandon(reason)
-        return reason
-
-    def abandon(self, reason: str) -> None:
-        """Never free this model or its contexts; refuse their use with reason (NativeObject.abandon)."""
-        for ctx in list(self._contexts):
-            ctx.abandon(reason)
-        super().abandon(reason)
+        """Abandon this model and its contexts after ggml gave up (WorkerHealth.backend_failed); the reason."""
+        return self.health.backend_failed(what)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.description

@@ -21,7 +21,7 @@ import stat
 from typing import Sequence
 
 from . import _native
-from .errors import RPCError
+from .errors import BackendError, RPCError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50052
@@ -136,20 +136,52 @@ def _still_open(fd: int) -> bool:
             return False
 
 
-def free_unless_a_worker_is_gone(free, endpoints: Sequence[str]):
-    """free, for a model or context with buffers on the workers at endpoints: a function of
-    the handle that frees it unless one of them is gone. Freeing talks to each worker, and
-    to a lost one ends the process; the handle is leaked instead (a worker frees what a
-    client allocated when its connection ends). Runs when the object is closed or garbage
-    collected, also as the interpreter exits."""
-    if not endpoints:
-        return free
-    endpoints = tuple(endpoints)
+class WorkerHealth:
+    """The health of what one model's native objects (the model, its contexts) live on: the
+    model's RPC workers (none for a model in this process alone) and whether ggml gave up.
 
-    def free_if_all_answer(handle) -> None:
-        if all(worker_answers(endpoint) for endpoint in endpoints):
+    Each object is handed it when it takes its handle (pyturbo._native.NativeObject._own),
+    frees through it, and reports a failed call to it: then every object sharing it is
+    abandoned together: never freed, each later use refused with the reason.
+    """
+
+    def __init__(self, endpoints: Sequence[str] = ()) -> None:
+        self.endpoints = tuple(endpoints)
+        self.failure = ""  # why the objects are unusable; "" while they are fine
+
+    def gone(self) -> "list[str]":
+        """The workers that are no longer there (worker_answers)."""
+        return [endpoint for endpoint in self.endpoints if not worker_answers(endpoint)]
+
+    def free(self, free, handle) -> None:
+        """free(handle), unless the objects were abandoned or one of the workers is gone:
+        freeing talks to each worker, and to a lost one ends the process. The handle is
+        leaked instead (a worker frees what a client allocated when its connection ends).
+        Runs when an object is closed or garbage collected, also as the interpreter exits."""
+        if not self.failure and all(worker_answers(endpoint) for endpoint in self.endpoints):
             free(handle)
-    return free_if_all_answer
+
+    def check_workers(self, what: str) -> None:
+        """BackendError, and the objects abandoned, if a worker is gone: `what` (a call that
+        reads or writes the caches outside pyturbo's guard) would end the process."""
+        if self.endpoints and self.gone():
+            raise BackendError(self.backend_failed(f"before {what}"))
+
+    def backend_failed(self, what: str) -> str:
+        """Abandon the objects after ggml gave up in one of their calls, or before a call that
+        would (what: where, and ggml's message); the reason, naming the workers that are gone."""
+        gone = self.gone()
+        if gone:
+            reason = (f"RPC worker {', '.join(gone)} is gone ({what}); load the model again once "
+                      f"{'it runs' if len(gone) == 1 else 'they run'}")
+        else:
+            reason = f"the backend failed ({what}); load the model again"
+        self.abandon(reason)
+        return reason
+
+    def abandon(self, reason: str) -> None:
+        """Never free the objects; refuse their use with reason. Costs their memory until the process ends."""
+        self.failure = reason
 
 
 def connect_workers(endpoints: Sequence[str]) -> None:

@@ -28,6 +28,7 @@ from . import _native
 from ._native import ffi, llama
 from .errors import ContextError, StateError
 from .gguf import read_gguf_header
+from .rpc import WorkerHealth
 
 MAGIC = b"PYTURBO-STATE\n"
 FORMAT_VERSION = 1
@@ -133,7 +134,8 @@ def read_file(path: "str | os.PathLike") -> bytes:
 
 def read_native(context, sequence_only: bool) -> bytes:
     """llama.cpp's state of a pyturbo.Context: all of it, or sequence 0's cache cells alone."""
-    context.model.check_workers("llama_state_get_data")  # a lost RPC worker would end the process
+    health: WorkerHealth = context.health
+    health.check_workers("llama_state_get_data")  # a lost RPC worker would end the process
     ctx_handle = context.handle
     if sequence_only:
         size = llama.llama_state_seq_get_size(ctx_handle, 0)
@@ -150,7 +152,8 @@ def read_native(context, sequence_only: bool) -> bytes:
 
 def write_native(context, payload, sequence_only: bool) -> None:
     """Hand llama.cpp's state bytes back to a pyturbo.Context; StateError with its reason if refused."""
-    context.model.check_workers("llama_state_set_data")  # a lost RPC worker would end the process
+    health: WorkerHealth = context.health
+    health.check_workers("llama_state_set_data")  # a lost RPC worker would end the process
     ctx_handle = context.handle
     src = ffi.from_buffer(payload)
     with _native.captured_log() as log:

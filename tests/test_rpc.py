@@ -16,7 +16,7 @@ import pytest
 
 import pyturbo
 from pyturbo import rpc
-from pyturbo.errors import RPCError
+from pyturbo.errors import BackendError, RPCError
 
 WORKER_START_S = 60
 PROMPT = "The three primary colors are"
@@ -116,6 +116,33 @@ def test_a_worker_takes_its_memory_as_mem_only_since_m_means_a_model():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "python -m pyturbo.rpc_worker: error: unrecognized arguments: -m 8GiB"]
+
+
+def test_a_lost_worker_stops_freeing_and_fails_the_check_before_a_state_call():
+    lost = f"127.0.0.1:{free_port()}"  # nothing listens there, and this process has no connection to it
+    health = rpc.WorkerHealth([lost])
+    freed = []
+    health.free(freed.append, "handle")
+    assert health.gone() == [lost] and freed == [] and not health.failure
+    with pytest.raises(BackendError, match=re.escape(f"RPC worker {lost} is gone (before llama_state_get_data); "
+                                                     "load the model again once it runs")):
+        health.check_workers("llama_state_get_data")
+    assert health.failure.startswith(f"RPC worker {lost} is gone")
+
+
+def test_a_backend_failure_abandons_the_model_and_its_contexts_together(tiny_path):
+    model = pyturbo.Model(tiny_path)
+    ctx = model.context(n_ctx=64, n_threads=1)
+    assert ctx.health is model.health and model.health.endpoints == ()
+    assert model.health.backend_failed("during a test") == "the backend failed (during a test); load the model again"
+    assert model.closed and ctx.closed
+    for use in (lambda: ctx.decode([1]), lambda: model.n_layer):
+        with pytest.raises(pyturbo.PyturboError, match=r"is unusable: the backend failed \(during a test\)"):
+            use()
+    freed = []
+    model.health.free(freed.append, "handle")  # what closing, collection and exit run: nothing is freed
+    model.close()
+    assert freed == []
 
 
 def test_a_worker_refuses_a_taken_port_and_warns_off_loopback():
