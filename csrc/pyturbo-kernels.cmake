@@ -32,7 +32,8 @@ set(PYTURBO_LLAMA_SOURCES
     turbo-llama turbo-guard turbo-context-memory turbo-symmetric-eigen
     turbo-kv-context turbo-kv-request turbo-kv-policy turbo-kv-registry turbo-kv-tensors turbo-kv-weights
     turbo-kv-graph turbo-kv-moments turbo-kv-calibration turbo-kv-store)
-set(pyturbo_llama_files ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.h ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration-text.h)
+set(pyturbo_llama_files ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.h ${PYTURBO_CSRC_DIR}/llama/turbo-kv-flags.h
+                        ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration-text.h)
 set(pyturbo_llama_cpp_files)
 foreach(name IN LISTS PYTURBO_LLAMA_SOURCES)
     if(EXISTS ${PYTURBO_CSRC_DIR}/llama/${name}.h)  # turbo-kv-context implements turbo-kv-transform.h

@@ -39,7 +39,7 @@ from .cache_types import CacheType, cache_type
 from .gguf import GGUFHeader, tensor_data
 from .upstream.geometry import model_geometry
 
-# Bits of the C side's flags (csrc/llama/turbo-kv-transform.h).
+# Bits of the C side's flags (csrc/llama/turbo-kv-flags.h; a test reads them from there).
 K_CENTER = 1
 K_EQUALIZE = 2
 V_CENTER = 4

@@ -36,9 +36,8 @@ from .devices import offload_devices
 from .errors import ContextError, LibraryError, PyturboError
 from .upstream.geometry import model_geometry
 from .gguf import check_gguf_file, read_gguf_header
-from .kv_transform import AUTO as KV_TRANSFORM_AUTO
 from .kv_transform import ENV as KV_TRANSFORM_ENV
-from .kv_transform import parse as parse_kv_transform
+from .kv_transform import env_value as kv_transform_env_value
 from .memory import estimate, max_context
 from .rpc import check_reachable, parse_endpoints
 from .units import format_size, parse_size
@@ -181,8 +180,7 @@ def prepare(argv: "list[str]") -> "tuple[list[str], dict, str]":
     budget, source = memory_budget(args, endpoints)
     plan_line = check_fits(path, header, args, budget, source, flash_attn)
     env = dict(os.environ)
-    flags = parse_kv_transform(args.kv_transform)
-    env[KV_TRANSFORM_ENV] = "auto" if flags == KV_TRANSFORM_AUTO else str(flags)
+    env[KV_TRANSFORM_ENV] = kv_transform_env_value(args.kv_transform)
     return server_command(path, args, flash_attn, extra), env, f"{plan_line}; http://{args.host}:{args.port}"
 
 

@@ -1,10 +1,9 @@
-"""Byte sizes: the unit constants, parsing "16GiB", and printing sizes for people and as llama.cpp does."""
+"""Byte sizes: the unit constants, parsing "16GiB", and printing sizes for people."""
 
 from __future__ import annotations
 
 import re
 
-import numpy as np
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -38,13 +37,3 @@ def format_size(n_bytes: float) -> str:
         if abs(n_bytes) >= scale:
             return f"{n_bytes / scale:.2f} {unit}"
     return f"{int(n_bytes)} B"
-
-
-def llama_mib(n_bytes: int) -> str:
-    """A byte count as llama_kv_cache prints it: a float32 MiB figure with two decimals."""
-    return f"{float(np.float32(n_bytes) / np.float32(MiB)):.2f}"
-
-
-def mib_to_bytes(text: str) -> int:
-    """Bytes of a MiB figure llama.cpp printed ("15.00")."""
-    return round(float(text) * MiB)

@@ -104,8 +104,10 @@ def test_header_only_modules_do_not_import_the_inference_stack():
 
 
 def test_only_native_touches_cffi():
+    # _ffi_build.py turns _cdefs.py into _native's FFI: with cffi's parser at build time (the
+    # generated pyturbo._pyturbo_cffi), or when _native is imported without that module.
     for path in PACKAGE.rglob("*.py"):
-        if path.name != "_native.py":
+        if path.name not in ("_native.py", "_ffi_build.py"):
             assert "import cffi" not in path.read_text(), path
 
 
@@ -140,3 +142,42 @@ print(before, native.loaded(), n_layer, "libllama" in open("/proc/self/maps").re
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True", "2", "True"]
+
+
+CSRC = PACKAGE.parent / "csrc"
+MAX_CSRC_LINES = 500
+
+
+def test_no_c_or_cpp_file_in_csrc_is_over_500_lines():
+    sizes = {str(p.relative_to(CSRC)): len(p.read_text().splitlines())
+             for p in CSRC.rglob("*") if p.suffix in (".c", ".cpp", ".h", ".cu", ".cuh", ".metal")}
+    assert len(sizes) > 20
+    assert max(sizes.values()) <= MAX_CSRC_LINES, {f: n for f, n in sizes.items() if n > MAX_CSRC_LINES}
+
+
+# Words of llama.cpp's allocation report (llama-kv-cache.cpp, llama-context.cpp): sizes come from
+# libllama as numbers (pyturbo.context_memory), never from its log.
+ALLOCATION_LOG_WORDS = ("MiB", "buffer size", "cells")
+
+
+def regex_patterns(path: Path) -> list:
+    """The string patterns a module passes to the re module's functions."""
+    patterns = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "re" and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            patterns.append(node.args[0].value)
+    return patterns
+
+
+def test_no_module_reads_sizes_from_llama_cpp_s_log():
+    for path in PACKAGE.rglob("*.py"):
+        for pattern in regex_patterns(path):
+            assert not any(word in pattern for word in ALLOCATION_LOG_WORDS), (path.name, pattern)
+
+
+def test_the_log_check_finds_a_size_regex(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('import re\nLINE = re.compile(r"compute buffer size = +([\\d.]+) MiB")\n')
+    assert regex_patterns(module) == [r"compute buffer size = +([\d.]+) MiB"]

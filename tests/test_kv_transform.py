@@ -7,11 +7,13 @@ stands in for Qwen2.5; the tiny llama model (no biases) is the other kind.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -311,3 +313,11 @@ def test_contexts_of_two_models_do_not_wait_for_each_other_s_calibration(tmp_pat
         calibrating.join()
     # before, one lock held through every calibration made it wait for the rest of that pass
     assert waited < 0.5 * calibration, (waited, calibration)
+
+
+def test_the_transform_bits_are_libllama_s():
+    header = (Path(__file__).resolve().parent.parent / "csrc" / "llama" / "turbo-kv-flags.h").read_text()
+    defined = {name: int(value) for name, value in re.findall(r"#define PYTURBO_KVT_(\w+)\s+(-?\d+)", header)}
+    assert {name.upper(): bit for name, bit in kv_transform.TRANSFORMS.items()} == \
+        {name: value for name, value in defined.items() if value > 0}
+    assert defined["AUTO"] == kv_transform.AUTO

@@ -51,3 +51,7 @@ llama_context * pyturbo_context_create(llama_model * model, llama_context_params
 int32_t pyturbo_kv_transform_supported_flags(const llama_model * model) {
     return pyturbo_kvt_supported(*model);
 }
+
+void pyturbo_kvt_release(const llama_model * model) {
+    pyturbo_kvt_registry_release(model);
+}

@@ -3,7 +3,7 @@
 // too (pyturbo.kv_transform): this file only evaluates it.
 #pragma once
 
-#include "turbo-kv-transform.h"
+#include "turbo-kv-flags.h"
 
 #include "ggml.h"
 

@@ -80,7 +80,7 @@ const pyturbo_kv_transform * pyturbo_kvt_shared(const llama_model & model, int32
     return slot->value.get();
 }
 
-void pyturbo_kvt_release(const llama_model * model) {
+void pyturbo_kvt_registry_release(const llama_model * model) {
     std::lock_guard<std::mutex> lock(registry_mutex);
     for (auto it = transforms.begin(); it != transforms.end();) {
         it = std::get<0>(it->first) == model ? transforms.erase(it) : std::next(it);

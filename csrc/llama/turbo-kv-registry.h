@@ -17,3 +17,6 @@ struct llama_cparams;
 // falls back to the weight-derived K centering and equalization where the pass gives nothing).
 const pyturbo_kv_transform * pyturbo_kvt_shared(const llama_model & model, int32_t flags, const llama_cparams & cparams,
                                                 const pyturbo_kvt_rotation & rotation);
+
+// Frees the model's transforms and calibration (its destructor, through pyturbo_kvt_release).
+void pyturbo_kvt_registry_release(const llama_model * model);

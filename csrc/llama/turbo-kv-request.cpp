@@ -1,7 +1,7 @@
 // pyturbo: contexts made with a K/V transform choice of their own (see turbo-kv-request.h).
 
 #include "turbo-kv-request.h"
-#include "turbo-kv-transform.h"
+#include "turbo-kv-flags.h"
 
 // The choice for the next context constructed on this thread, if any.
 static thread_local int32_t pending = PYTURBO_KVT_NO_REQUEST;

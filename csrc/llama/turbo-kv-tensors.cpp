@@ -1,7 +1,7 @@
 // pyturbo: a K/V transform's tensors (see turbo-kv-tensors.h).
 
 #include "turbo-kv-tensors.h"
-#include "turbo-kv-transform.h"
+#include "turbo-kv-flags.h"
 #include "turbo-kv-weights.h"
 
 #include "llama-cparams.h"
