@@ -1,7 +1,8 @@
 """Loads pyturbo's libllama/libggml through cffi (ABI mode) and bridges llama.cpp's log.
 
-The only module that touches C. Everything else uses `ffi`, `llama`, `ggml`,
-`ggml_cpu` from here and `captured_log()` to read what llama.cpp said during a call.
+The only module that touches C (its FFI comes from pyturbo/_ffi_build.py). Everything
+else uses `ffi`, `llama`, `ggml`, `ggml_cpu` from here and `captured_log()` to read
+what llama.cpp said during a call.
 
 The libraries are opened on first use, not on import: work that needs only a
 GGUF header (pyturbo.memory.estimate, fit, info) never maps libllama.
@@ -19,9 +20,7 @@ import weakref
 from collections import deque
 from pathlib import Path
 
-import cffi
-
-from . import _cdefs
+from . import _cdefs, _ffi_build
 from .errors import BackendError, LibraryError, PyturboError
 
 logger = logging.getLogger("pyturbo.llama_cpp")
@@ -76,14 +75,30 @@ def _library_path(directory: Path, name: str) -> Path:
         "reinstall pyturbo (pip install .) or set PYTURBO_LIB_DIR to a build's library folder")
 
 
-ffi = cffi.FFI()
-ffi.cdef(_cdefs.GGML_CDEFS)
-ffi.cdef(_cdefs.GGML_CPU_CDEFS)
-ffi.cdef(_cdefs.GGML_BACKEND_CDEFS)
-ffi.cdef(_cdefs.GGML_RPC_CDEFS)
-ffi.cdef(_cdefs.TURBO_CDEFS)
-ffi.cdef(_cdefs.LLAMA_CDEFS)
-ffi.cdef(_cdefs.PYTURBO_LLAMA_CDEFS)
+def _interface():
+    """The FFI of _cdefs.py's declarations: pyturbo._pyturbo_cffi, which `pip install` generated
+    from them (nothing to parse on import); else, in a source checkout or when _cdefs.py has
+    changed since, the declarations parsed now (pyturbo/_ffi_build.py)."""
+    try:
+        from . import _pyturbo_cffi as generated
+    except ImportError:
+        generated = None
+    if getattr(generated, "DIGEST", None) == _ffi_build.digest(_cdefs):
+        return generated.ffi
+    return _ffi_build.parse(_cdefs)
+
+
+ffi = _interface()
+# What a library's missing symbol raises: AttributeError from a parsed FFI's libraries,
+# ffi.error from a generated one's. _symbol makes both AttributeError.
+_NO_SYMBOL = (AttributeError, getattr(ffi, "error", AttributeError))
+
+
+def _symbol(library, name: str):
+    try:
+        return getattr(library, name)
+    except _NO_SYMBOL as e:
+        raise AttributeError(str(e)) from None
 
 
 def _dlopen(name: str):
@@ -124,7 +139,7 @@ def _has_library(name: str) -> bool:
 def _check_turbo_types(ggml_base) -> None:
     """Refuse a libggml without pyturbo's types: its type ids would mean other things."""
     try:
-        ggml_base.dequantize_row_turbo3
+        _symbol(ggml_base, "dequantize_row_turbo3")
     except AttributeError:
         raise LibraryError(f"the libggml in {library_dir()} has no turbo cache types: it was not built "
                            "from pyturbo's patched llama.cpp (reinstall pyturbo or fix PYTURBO_LIB_DIR)") from None
@@ -141,7 +156,7 @@ class _Library:
         libraries = _load_libraries()
         if self._name not in libraries:
             raise LibraryError(f"this build of pyturbo has no lib{self._name} in {library_dir()}")
-        value = getattr(libraries[self._name], symbol)
+        value = _symbol(libraries[self._name], symbol)
         setattr(self, symbol, value)
         return value
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-from pyturbo import _cdefs
+import pyturbo
+from pyturbo import _cdefs, _ffi_build, _native
 from pyturbo._native import ffi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,3 +113,35 @@ def test_struct_sizes_match_the_c_compiler(tmp_path):
     sizes = compiled_struct_sizes(tmp_path)
     for struct in _cdefs.CHECKED_STRUCTS:
         assert ffi.sizeof(struct) == sizes[struct], struct
+
+
+def test_every_declaration_block_reaches_the_ffi():
+    # a block _ffi_build.BLOCKS does not list would be declared but never given to cffi
+    blocks = [name for name, value in vars(_cdefs).items() if name.endswith("_CDEFS") and isinstance(value, str)]
+    assert sorted(blocks) == sorted(_ffi_build.BLOCKS)
+
+
+def generated_module(out_dir: Path):
+    path = _ffi_build.write_module(_cdefs, out_dir)
+    spec = importlib.util.spec_from_file_location(_ffi_build.MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_module_generated_at_build_time_holds_what_parsing_gives(tmp_path):
+    generated = generated_module(tmp_path).ffi
+    parsed = _ffi_build.parse(_cdefs)
+    assert generated.list_types() == parsed.list_types()
+    for struct in _cdefs.CHECKED_STRUCTS:
+        assert generated.sizeof(struct) == parsed.sizeof(struct), struct
+
+
+def test_native_takes_the_generated_module_only_when_made_from_these_declarations(tmp_path, monkeypatch):
+    module = generated_module(tmp_path)
+    monkeypatch.setitem(sys.modules, _ffi_build.MODULE, module)
+    monkeypatch.setattr(pyturbo, "_pyturbo_cffi", module, raising=False)  # as an installed one would be
+    assert _native._interface() is module.ffi
+    monkeypatch.setattr(module, "DIGEST", "made from other declarations")
+    stale = _native._interface()
+    assert stale is not module.ffi and stale.sizeof("struct llama_batch") == module.ffi.sizeof("struct llama_batch")
