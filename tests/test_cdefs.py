@@ -19,6 +19,7 @@ HEADERS = [LLAMA_CPP / "include" / "llama.h", LLAMA_CPP / "ggml" / "include" / "
            LLAMA_CPP / "ggml" / "include" / "ggml-cpu.h",
            LLAMA_CPP / "ggml" / "include" / "ggml-backend.h", LLAMA_CPP / "ggml" / "include" / "ggml-rpc.h",
            ROOT / "csrc" / "llama" / "turbo-kv-transform.h", ROOT / "csrc" / "llama" / "turbo-guard.h",
+           ROOT / "csrc" / "llama" / "turbo-context-memory.h",
            ROOT / "csrc" / "rpc" / "turbo-rpc.h"]
 
 
@@ -94,7 +95,8 @@ def test_parser_sees_known_header_signatures():
 
 
 def compiled_struct_sizes(tmp_path: Path) -> dict[str, int]:
-    program = ['#include <stdio.h>', '#include "llama.h"', '#include "ggml-cpu.h"', "int main(void) {"]
+    program = ['#include <stdio.h>', '#include "llama.h"', '#include "ggml-cpu.h"', '#include "turbo-context-memory.h"',
+               "int main(void) {"]
     for struct in _cdefs.CHECKED_STRUCTS:
         program.append(f'    printf("%s=%zu\\n", "{struct}", sizeof({struct}));')
     program.append("    return 0;\n}")
@@ -104,7 +106,8 @@ def compiled_struct_sizes(tmp_path: Path) -> dict[str, int]:
     compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     assert compiler, "a C compiler is needed to measure the C struct layout"
     subprocess.run([compiler, str(source), "-o", str(exe),
-                    f"-I{LLAMA_CPP / 'include'}", f"-I{LLAMA_CPP / 'ggml' / 'include'}"], check=True)
+                    f"-I{LLAMA_CPP / 'include'}", f"-I{LLAMA_CPP / 'ggml' / 'include'}",
+                    f"-I{ROOT / 'csrc' / 'llama'}"], check=True)
     output = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     return dict((line.split("=")[0], int(line.split("=")[1])) for line in output.splitlines())
 
