@@ -1,0 +1,33 @@
+// pyturbo: turbo2/turbo3/turbo4 values for ggml's dequantizing shaders (get_rows_quant,
+// copy_from_quant): dequantize/dequantize4 give codebook values, get_dm the block scale,
+// so each shader's v * d is the CPU's d * kvalues[code], one float product. Included at the
+// end of dequant_funcs.glsl (patches/0011), which declares data_a.
+
+#if defined(DATA_A_TURBO2) || defined(DATA_A_TURBO3) || defined(DATA_A_TURBO4)
+
+float turbo_value(uint ib, uint j, uint a_offset) {
+#if defined(DATA_A_TURBO2)
+    return kvalues_turbo2[turbo2_code(uint(data_a[a_offset + ib].qs[j % 16u]), j)];
+#elif defined(DATA_A_TURBO3)
+    return kvalues_turbo3[turbo3_code(uint(data_a[a_offset + ib].qs[j % 16u]),
+                                      uint(data_a[a_offset + ib].qh[j / 8u]), j)];
+#else
+    return kvalues_turbo4[turbo4_code(uint(data_a[a_offset + ib].qs[j % 32u]), j)];
+#endif
+}
+
+// values iqs and iqs + 1 of block ib (QUANT_R 1)
+vec2 dequantize(uint ib, uint iqs, uint a_offset) {
+    return vec2(turbo_value(ib, iqs, a_offset), turbo_value(ib, iqs + 1u, a_offset));
+}
+
+vec4 dequantize4(uint ib, uint iqs, uint a_offset) {
+    return vec4(turbo_value(ib, iqs, a_offset), turbo_value(ib, iqs + 1u, a_offset),
+                turbo_value(ib, iqs + 2u, a_offset), turbo_value(ib, iqs + 3u, a_offset));
+}
+
+vec2 get_dm(uint ib, uint a_offset) {
+    return vec2(float(data_a[a_offset + ib].d), 0);
+}
+
+#endif
