@@ -18,6 +18,7 @@ import ipaddress
 import os
 import socket
 import stat
+import time
 from typing import Sequence
 
 from . import _native
@@ -27,6 +28,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50052
 # How long a client waits for a worker to accept a connection before calling it unreachable.
 CONNECT_TIMEOUT_S = 5.0
+# A worker killed mid-call breaks its connection before its listening socket is closed (the
+# kernel closes a dying process's sockets one by one), so for a moment a new connection is
+# still accepted: after a failed call, look again for this long before blaming the backend.
+EXIT_SETTLE_S = 2.0
 
 UNAUTHENTICATED_WARNING = (
     "the RPC protocol is unauthenticated and unencrypted: anyone who can reach {endpoint} can "
@@ -153,6 +158,16 @@ class WorkerHealth:
         """The workers that are no longer there (worker_answers)."""
         return [endpoint for endpoint in self.endpoints if not worker_answers(endpoint)]
 
+    def gone_after_failure(self, settle_s: float = EXIT_SETTLE_S) -> "list[str]":
+        """The workers that are gone, asked again for up to settle_s while none is (a worker
+        that just failed a call may still be exiting)."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            gone = self.gone()
+            if gone or not self.endpoints or time.monotonic() >= deadline:
+                return gone
+            time.sleep(0.1)
+
     def free(self, free, handle) -> None:
         """free(handle), unless the objects were abandoned or one of the workers is gone:
         freeing talks to each worker, and to a lost one ends the process. The handle is
@@ -170,7 +185,7 @@ class WorkerHealth:
     def backend_failed(self, what: str) -> str:
         """Abandon the objects after ggml gave up in one of their calls, or before a call that
         would (what: where, and ggml's message); the reason, naming the workers that are gone."""
-        gone = self.gone()
+        gone = self.gone_after_failure()
         if gone:
             reason = (f"RPC worker {', '.join(gone)} is gone ({what}); load the model again once "
                       f"{'it runs' if len(gone) == 1 else 'they run'}")

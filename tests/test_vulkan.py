@@ -7,9 +7,10 @@ the Vulkan kernels where no GPU is. They need the developer tools built with Vul
 PYTURBO_DEV_BUILD points at another build folder. ggml leaves CPU-type Vulkan devices out
 unless asked: GGML_VK_VISIBLE_DEVICES=0 asks for the first.
 
-Pipeline compilation dominates on llvmpipe (a head size 256 flash-attention pipeline takes
-tens of seconds), so flash attention runs one decode case per K/V pair and head size, and
-two prefill ones; SET_ROWS, GET_ROWS and CPY run every turbo case.
+Pipeline compilation dominates on llvmpipe (a head size 256 prefill pipeline takes over two
+minutes), so flash attention runs one decode case per K/V pair and head size and one prefill
+case per pair (head size 64); SET_ROWS, GET_ROWS and CPY run every turbo case.
+docs/results/vulkan-lavapipe.md has every turbo flash-attention case, run by hand.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ MIN_SUPPORTED = {"SET_ROWS": 72, "GET_ROWS": 24, "CPY": 21}
 FA_DECODE = (r"nr23=\[2,1\],kv=512,nb=1,mask=1,sinks=0,max_bias=0.000000,logit_softcap=0.000000,prec=f32,"
              r"type_K=(turbo.|q8_0),type_V=turbo.")
 FA_PREFILL = (r"hsk=64,hsv=64,nh=4,nr23=\[2,1\],kv=512,nb=32,mask=1,sinks=0,max_bias=0.000000,"
-              r"logit_softcap=0.000000,prec=f32,type_K=(turbo3|q8_0),type_V=turbo3")
+              r"logit_softcap=0.000000,prec=f32,type_K=(turbo.|q8_0),type_V=turbo.")
 
 
 def backend_ops(op: str, pattern: str) -> "tuple[int, int, str]":
@@ -68,8 +69,8 @@ def test_flash_attention_with_turbo_k_and_v_matches_the_cpu_on_vulkan():
     # turbo2/3/4 symmetric and q8_0 K with each turbo V, head sizes 64, 128 and 256
     passed, total, output = backend_ops("FLASH_ATTN_EXT", FA_DECODE)
     assert passed == total == 18, output[-4000:]
-    passed, total, output = backend_ops("FLASH_ATTN_EXT", FA_PREFILL)
-    assert passed == total == 2, output[-4000:]
+    passed, total, output = backend_ops("FLASH_ATTN_EXT", FA_PREFILL)  # the same pairs, 32 queries, head size 64
+    assert passed == total == 6, output[-4000:]
 
 
 def test_mul_mat_with_a_turbo_operand_is_refused_not_computed_on_vulkan():
