@@ -27,11 +27,12 @@ endif()
 
 # libllama: the turbo rules patches/0002 calls (turbo-llama), the guarded calls (turbo-guard),
 # the exact K/V transforms patches/0006 calls (turbo-kv-*, see turbo-kv-transform.h) and the
-# memory figures of a context (turbo-context-memory, patches/0010)
+# memory figures of a context (turbo-context-memory, patches/0010), the per-layer cache types
+# (turbo-kv-layers, patches/0012)
 set(PYTURBO_LLAMA_SOURCES
     turbo-llama turbo-guard turbo-context-memory turbo-symmetric-eigen
     turbo-kv-context turbo-kv-request turbo-kv-policy turbo-kv-registry turbo-kv-tensors turbo-kv-weights
-    turbo-kv-graph turbo-kv-moments turbo-kv-calibration turbo-kv-store)
+    turbo-kv-graph turbo-kv-moments turbo-kv-calibration turbo-kv-store turbo-kv-layers)
 set(pyturbo_llama_files ${PYTURBO_CSRC_DIR}/llama/turbo-kv-transform.h ${PYTURBO_CSRC_DIR}/llama/turbo-kv-flags.h
                         ${PYTURBO_CSRC_DIR}/llama/turbo-kv-calibration-text.h)
 set(pyturbo_llama_cpp_files)

@@ -63,10 +63,16 @@ void dequantize_row_turbo3(const void * x, float * y, int64_t k);
 """
 
 # pyturbo's own exports from libllama: csrc/llama/turbo-kv-transform.h (a context with its K/V
-# transforms, in one call), csrc/llama/turbo-context-memory.h (what a context allocated).
+# transforms and per-layer cache types, in one call), csrc/llama/turbo-context-memory.h (what a context allocated).
 PYTURBO_LLAMA_CDEFS = """
+struct pyturbo_kv_layer_types {
+    int32_t n_layer;
+    const int32_t * type_k;
+    const int32_t * type_v;
+};
 struct llama_context * pyturbo_context_create(struct llama_model * model, struct llama_context_params params,
-                                              int32_t kv_transform, int32_t * applied);
+                                              int32_t kv_transform, const struct pyturbo_kv_layer_types * layers,
+                                              int32_t * applied);
 int32_t pyturbo_kv_transform_supported_flags(const struct llama_model * model);
 
 struct pyturbo_buffer_memory {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import ContextError, PyturboWarning
 from .upstream.allocation import context_bytes
-from .upstream.cache_table import CacheType
+from .layer_types import LayerTypes
 from .upstream.geometry import ModelGeometry
 from .units import format_size
 
@@ -54,8 +54,8 @@ def available_host_memory() -> "int | None":
     return max(0, min(figures)) if figures else None
 
 
-def check_context_limits(geometry: ModelGeometry, model_name: str, n_ctx: int, cache_k: CacheType,
-                         cache_v: CacheType, flash_attn: bool, *, swa_full: bool, n_batch: int, n_ubatch: int,
+def check_context_limits(geometry: ModelGeometry, model_name: str, n_ctx: int, cache_k: "LayerTypes",
+                         cache_v: "LayerTypes", flash_attn: bool, *, swa_full: bool, n_batch: int, n_ubatch: int,
                          host_only: bool = True) -> None:
     """Warn when n_ctx is beyond the training context; refuse, before llama.cpp allocates it,
     a context whose caches and buffers exceed the memory available (checked when every
@@ -65,12 +65,12 @@ def check_context_limits(geometry: ModelGeometry, model_name: str, n_ctx: int, c
                       "expect worse answers past that point", PyturboWarning, stacklevel=4)
     if not host_only:
         return
-    needed = context_bytes(geometry, n_ctx, cache_k, cache_v, flash_attn, swa_full=swa_full, n_batch=n_batch,
-                           n_ubatch=n_ubatch)
+    needed = context_bytes(geometry, n_ctx, cache_k.types, cache_v.types, flash_attn, swa_full=swa_full,
+                           n_batch=n_batch, n_ubatch=n_ubatch)
     available = available_host_memory()
     if available is not None and needed.total > available:
         raise ContextError(
-            f"a context of {needed.cells.n_ctx} tokens with K {cache_k.name} / V {cache_v.name} needs about "
+            f"a context of {needed.cells.n_ctx} tokens with K {cache_k.spec} / V {cache_v.spec} needs about "
             f"{format_size(needed.total)} (KV cache {format_size(needed.kv_k + needed.kv_v)}), but only "
             f"{format_size(available)} of memory is available; use a smaller n_ctx or smaller cache types "
             "(python -m pyturbo.fit MODEL --memory SIZE finds the largest that fits)")

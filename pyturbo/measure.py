@@ -40,7 +40,7 @@ def measure(model, n_ctx: int, cache_k: str = "f16", cache_v: str = "f16", n_seq
         with model.context(n_ctx=n_ctx, cache_k=cache_k, cache_v=cache_v, flash_attn=flash_attn, n_threads=1,
                            **context_kwargs) as ctx:
             allocated = ctx.memory()
-            n_ctx_actual, names = ctx.n_ctx, (ctx.cache_k.name, ctx.cache_v.name)
+            n_ctx_actual, names = ctx.n_ctx, (ctx.cache_k_spec, ctx.cache_v_spec)
         weights = model.size_bytes
     return MemoryMeasurement(
         n_ctx=n_ctx_actual, cache_k=names[0], cache_v=names[1], weights=weights, kv_k=allocated.kv_k,

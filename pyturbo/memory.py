@@ -12,10 +12,12 @@ context allocates, to check an estimate against.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from .upstream.allocation import CELL_PADDING, DEFAULT_N_BATCH, DEFAULT_N_UBATCH, context_bytes
-from .cache_types import cache_type, check_cache, flash_attn_enabled
+from . import layer_types
+from .cache_types import check_cache, flash_attn_enabled
 from .upstream.geometry import model_geometry
 from .gguf import GGUFHeader, read_gguf_header
 from .units import parse_size
@@ -58,6 +60,9 @@ def estimate(model, n_ctx: int, cache_k: str = "f16", cache_v: str = "f16", n_se
              weight_quant: "str | None" = None) -> MemoryEstimate:
     """Memory for a context of n_ctx tokens with the given cache types, from the GGUF header alone.
 
+    cache_k / cache_v: a type name, or a type per layer (a spec such as
+    "turbo3,q8_0@0-1" or a list; pyturbo.layer_types).
+
     model: a path, a pyturbo.Model or a GGUFHeader. n_ctx 0 means the training
     context. swa_full keeps the whole context in sliding-window layers (as
     llama.cpp's --swa-full). weight_quant: one of WEIGHT_QUANTS, to ask what the
@@ -65,12 +70,13 @@ def estimate(model, n_ctx: int, cache_k: str = "f16", cache_v: str = "f16", n_se
     """
     header = _header_of(model)
     geometry = model_geometry(header)
-    k, v = cache_type(cache_k), cache_type(cache_v)
-    check_cache(k, v, flash_attn, geometry)
-    sizes = context_bytes(geometry, n_ctx, k, v, flash_attn_enabled(flash_attn), n_seq=n_seq, swa_full=swa_full,
-                          kv_unified=kv_unified, n_batch=n_batch, n_ubatch=n_ubatch)
+    k, v = layer_types.parse(cache_k, geometry.n_layer), layer_types.parse(cache_v, geometry.n_layer)
+    for type_k, type_v in itertools.product(set(k.types), set(v.types)):
+        check_cache(type_k, type_v, flash_attn, geometry)
+    sizes = context_bytes(geometry, n_ctx, k.types, v.types, flash_attn_enabled(flash_attn), n_seq=n_seq,
+                          swa_full=swa_full, kv_unified=kv_unified, n_batch=n_batch, n_ubatch=n_ubatch)
     weights = weight_bytes_as(header, weight_quant) if weight_quant else weight_bytes(header)
-    return MemoryEstimate(n_ctx=sizes.cells.n_ctx, cache_k=k.name, cache_v=v.name, weights=weights,
+    return MemoryEstimate(n_ctx=sizes.cells.n_ctx, cache_k=k.spec, cache_v=v.spec, weights=weights,
                           kv_k=sizes.kv_k, kv_v=sizes.kv_v, compute=sizes.compute, recurrent=sizes.recurrent,
                           cells=sizes.cells.cells, cells_swa=sizes.cells.cells_swa if geometry.n_swa else 0)
 

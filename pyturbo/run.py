@@ -55,7 +55,7 @@ def summary_line(ctx) -> str:
     stats, kv = ctx.last_stats, ctx.kv_cache_bytes()
     return (f"prompt: {stats.n_prompt} tokens, {stats.prompt_tps:.1f} t/s | "
             f"generation: {stats.n_gen} tokens, {stats.gen_tps:.1f} t/s | "
-            f"cache K {ctx.cache_k.name} {kv['k'] / MiB:.2f} MiB, V {ctx.cache_v.name} {kv['v'] / MiB:.2f} MiB "
+            f"cache K {ctx.cache_k_spec} {kv['k'] / MiB:.2f} MiB, V {ctx.cache_v_spec} {kv['v'] / MiB:.2f} MiB "
             f"(n_ctx {ctx.n_ctx}, kv transform {ctx.kv_transform})")
 
 
@@ -72,7 +72,7 @@ def run_once(ctx, args) -> None:
         print(json.dumps({
             "text": text, "n_prompt": stats.n_prompt, "n_gen": stats.n_gen,
             "prompt_tps": stats.prompt_tps, "gen_tps": stats.gen_tps,
-            "cache_k": ctx.cache_k.name, "cache_v": ctx.cache_v.name,
+            "cache_k": ctx.cache_k_spec, "cache_v": ctx.cache_v_spec,
             "kv_k_bytes": kv["k"], "kv_v_bytes": kv["v"], "n_ctx": ctx.n_ctx, "kv_transform": ctx.kv_transform,
             "n_batch": ctx.n_batch, "n_ubatch": ctx.n_ubatch,
             "stop_reason": stats.stop_reason,

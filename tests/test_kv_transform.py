@@ -253,7 +253,7 @@ NO_ALLOC_CONTEXT = textwrap.dedent("""
     cparams.type_v = cache_type("turbo3").type_id
     cparams.flash_attn_type = flash_attn_mode("on")
     applied = ffi.new("int32_t *")
-    ctx = llama.pyturbo_context_create(model, cparams, -1, applied)  # auto
+    ctx = llama.pyturbo_context_create(model, cparams, -1, ffi.NULL, applied)  # auto, no per-layer types
     assert ctx != ffi.NULL
     print("flags", applied[0])
     llama.llama_free(ctx)

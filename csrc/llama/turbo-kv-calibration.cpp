@@ -228,8 +228,8 @@ static std::vector<pyturbo_kv_moments> run_calibration(const llama_model & model
     params.no_perf = true;
     // the log between these lines is the calibration context's
     LLAMA_LOG_INFO("pyturbo_kv_calibrate: begin: %zu tokens\n", tokens.size());
-    // no transform: its keys and queries as the model makes them
-    llama_context * ctx = pyturbo_kvt_init_context(const_cast<llama_model &>(model), params, 0);
+    // no transform, an f16 cache: its keys and queries as the model makes them
+    llama_context * ctx = pyturbo_kvt_init_context(const_cast<llama_model &>(model), params, 0, nullptr);
     int rc = -1;
     if (ctx != nullptr) {
         rc = llama_decode(ctx, llama_batch_get_one(const_cast<llama_token *>(tokens.data()), (int32_t) tokens.size()));

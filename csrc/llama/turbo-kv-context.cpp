@@ -1,6 +1,7 @@
 // pyturbo: the K/V transform a context gets (see turbo-kv-transform.h).
 
 #include "turbo-kv-transform.h"
+#include "turbo-kv-layers.h"
 #include "turbo-kv-policy.h"
 #include "turbo-kv-registry.h"
 #include "turbo-kv-request.h"
@@ -24,6 +25,9 @@ void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparam
         cparams.pyturbo_kvt = nullptr;
         return;
     }
+    // with per-layer cache types, what the layers need as a whole
+    type_k = pyturbo_kv_layers_standing_type('K', model.hparams.n_layer_all, type_k);
+    type_v = pyturbo_kv_layers_standing_type('V', model.hparams.n_layer_all, type_v);
     flags = flags == PYTURBO_KVT_AUTO ? pyturbo_kvt_auto(model, type_k, type_v) : flags & pyturbo_kvt_supported(model);
     const pyturbo_kvt_rotation rotation = { ggml_is_quantized(type_k), ggml_is_quantized(type_v) };
     cparams.pyturbo_kvt = flags ? pyturbo_kvt_shared(model, flags, cparams, rotation) : nullptr;
@@ -39,8 +43,8 @@ void pyturbo_kvt_setup_context(const llama_model & model, llama_cparams & cparam
 }
 
 llama_context * pyturbo_context_create(llama_model * model, llama_context_params params, int32_t kv_transform,
-                                       int32_t * applied) {
-    llama_context * ctx = pyturbo_kvt_init_context(*model, params, kv_transform);
+                                       const pyturbo_kv_layer_types * layers, int32_t * applied) {
+    llama_context * ctx = pyturbo_kvt_init_context(*model, params, kv_transform, layers);
     if (applied != nullptr) {
         const pyturbo_kv_transform * transform = ctx ? ctx->get_cparams().pyturbo_kvt : nullptr;
         *applied = transform ? transform->flags : 0;

@@ -1,28 +1,46 @@
-// pyturbo: contexts made with a K/V transform choice of their own (see turbo-kv-request.h).
+// pyturbo: contexts made with choices of their own (see turbo-kv-request.h).
 
 #include "turbo-kv-request.h"
 #include "turbo-kv-flags.h"
 
-// The choice for the next context constructed on this thread, if any.
-static thread_local int32_t pending = PYTURBO_KVT_NO_REQUEST;
+namespace {
 
-// Sets the pending choice for one llama_init_from_model call and puts back what was there
+struct request {
+    int32_t flags = PYTURBO_KVT_NO_REQUEST;    // taken by the context's constructor
+    bool made_here = false;
+    const pyturbo_kv_layer_types * layers = nullptr;  // read by each of its caches
+};
+
+// The choices for the context being constructed on this thread, if any.
+thread_local request pending;
+
+// Sets the pending choices for one llama_init_from_model call and puts back what was there
 // (a calibration pass makes its context from inside another context's constructor).
 struct scoped_request {
-    int32_t saved;
+    request saved;
 
-    explicit scoped_request(int32_t flags) : saved(pending) { pending = flags; }
+    scoped_request(int32_t flags, const pyturbo_kv_layer_types * layers) : saved(pending) {
+        pending = { flags, true, layers };
+    }
 
     ~scoped_request() { pending = saved; }
 };
 
-llama_context * pyturbo_kvt_init_context(llama_model & model, const llama_context_params & params, int32_t flags) {
-    scoped_request request(flags);
+} // namespace
+
+llama_context * pyturbo_kvt_init_context(llama_model & model, const llama_context_params & params, int32_t flags,
+                                         const pyturbo_kv_layer_types * layers) {
+    scoped_request scoped(flags, layers);
     return llama_init_from_model(&model, params);
 }
 
 int32_t pyturbo_kvt_take_request() {
-    const int32_t flags = pending;
-    pending = PYTURBO_KVT_NO_REQUEST;
+    const int32_t flags = pending.flags;
+    pending.flags = PYTURBO_KVT_NO_REQUEST;
     return flags;
+}
+
+bool pyturbo_kvt_layers_request(const pyturbo_kv_layer_types ** layers) {
+    *layers = pending.layers;
+    return pending.made_here;
 }

@@ -36,11 +36,22 @@
 extern "C" {
 #endif
 
+// A KV cache type per layer (turbo-kv-layers.h): n_layer ggml type ids for K and for V; a
+// NULL array gives every layer of that side params.type_k / params.type_v.
+struct pyturbo_kv_layer_types {
+    int32_t         n_layer;
+    const int32_t * type_k;
+    const int32_t * type_v;
+};
+
 // llama_init_from_model with the K/V transforms `kv_transform` asks for: PYTURBO_KVT_AUTO,
-// 0 (off) or bits (those the model does not allow are dropped). *applied (if not NULL)
-// receives the bits that apply; NULL as llama_init_from_model fails.
+// 0 (off) or bits (those the model does not allow are dropped), and the cache types of
+// `layers` (NULL: params.type_k / type_v everywhere, or what $PYTURBO_CACHE_K_LAYERS and
+// $PYTURBO_CACHE_V_LAYERS say). *applied (if not NULL) receives the transform bits that
+// apply; NULL as llama_init_from_model fails.
 LLAMA_API struct llama_context * pyturbo_context_create(struct llama_model * model, struct llama_context_params params,
-                                                        int32_t kv_transform, int32_t * applied);
+                                                        int32_t kv_transform, const struct pyturbo_kv_layer_types * layers,
+                                                        int32_t * applied);
 
 // The transforms a model's tensors allow (bits).
 LLAMA_API int32_t pyturbo_kv_transform_supported_flags(const struct llama_model * model);

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import itertools
 import os
 import sys
 from pathlib import Path
 
-from .. import _native
+from .. import _native, layer_types
 from ..cache_types import check_cache
 from ..upstream.cache_table import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4
 from ..cache_types import cache_type as _cache_type
 from ..errors import PyturboError
-from ..gguf import check_gguf_file
+from ..gguf import check_gguf_file, read_gguf_header
+from ..upstream.geometry import model_geometry
 from ..kv_transform import set_process_default
 
 # llama-cpp-python's release that vendors the same llama.cpp commit as vendor/llama-cpp.pin.
@@ -148,12 +150,44 @@ def llama_kwargs(cache_k: str = "f16", cache_v: str = "f16", flash_attn: "bool |
     flash_attn defaults to on whenever a cache is quantized (llama-cpp-python's
     default, off, cannot hold a quantized V cache); passing flash_attn=False with
     a quantized V is refused here rather than by llama.cpp's log line.
+
+    cache_k / cache_v may name a type per layer ("turbo3,q8_0@0-1,q8_0@-2",
+    pyturbo.layer_types): llama-cpp-python has no field for that, so the spec goes to
+    $PYTURBO_CACHE_K_LAYERS / $PYTURBO_CACHE_V_LAYERS, which every Llama created from
+    then on takes (a later call with one type per side clears them), and type_k /
+    type_v get the type standing for the layers. Pass model_path here too to have the
+    spec checked against the model's layers now rather than when Llama loads it.
     """
-    k, v = _cache_type(cache_k), _cache_type(cache_v)
+    k, v = (_side_types(spec, env, kwargs.get("model_path"))
+            for spec, env in ((cache_k, layer_types.ENV_K), (cache_v, layer_types.ENV_V)))
     if flash_attn is None:
-        flash_attn = k.quantized or v.quantized
-    check_cache(k, v, bool(flash_attn))
-    return {**kwargs, "type_k": k.type_id, "type_v": v.type_id, "flash_attn": bool(flash_attn)}
+        flash_attn = any(t.quantized for t in k + v)
+    for type_k, type_v in itertools.product(set(k), set(v)):
+        check_cache(type_k, type_v, bool(flash_attn))
+    return {**kwargs, "type_k": layer_types.standing_type(k).type_id,
+            "type_v": layer_types.standing_type(v).type_id, "flash_attn": bool(flash_attn)}
+
+
+# Layers assumed when llama_kwargs checks a per-layer spec without the model: enough for any
+# model's layer numbers; the native library checks them against the real count.
+UNKNOWN_N_LAYER = 1 << 16
+
+
+def _side_types(spec, env: str, model_path) -> list:
+    """The types a cache_k / cache_v value names, its per-layer spec put in (or its variable
+    cleared from) the environment."""
+    if not layer_types.is_layered(spec):
+        os.environ.pop(env, None)
+        return [_cache_type(spec)]
+    if model_path:
+        n_layer = model_geometry(read_gguf_header(model_path)).n_layer
+    else:
+        n_layer = len(spec) if isinstance(spec, (list, tuple)) else UNKNOWN_N_LAYER
+    types = layer_types.parse(spec, n_layer)
+    if isinstance(spec, (list, tuple)):
+        spec = types.spec
+    os.environ[env] = spec
+    return list(types.types)
 
 
 def set_kv_transform(value: str = "auto") -> None:

@@ -28,6 +28,7 @@ memory. It is within a few percent of llama.cpp's CPU figure for llama-type mode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from .cache_table import CacheType, attention_rotation
 from .geometry import ModelGeometry
@@ -84,19 +85,34 @@ def _pad(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
-def kv_bytes(geometry: ModelGeometry, cells: CacheCells, cache_k: CacheType, cache_v: CacheType,
-             flash_attn: bool = True) -> tuple:
-    """(K bytes, V bytes) of every attention layer's cache tensors (llama_kv_cache::size_k/v_bytes)."""
+def per_layer(cache: "CacheType | Sequence[CacheType]", n_layer: int) -> "Sequence[CacheType]":
+    """A cache type for each of n_layer layers: one type for all, or already one per layer."""
+    return (cache,) * n_layer if isinstance(cache, CacheType) else cache
+
+
+def standing(cache: "CacheType | Sequence[CacheType]") -> CacheType:
+    """The type llama.cpp decides its rotation by: with a type per layer, the one pyturbo's
+    per-layer hook passes it (pyturbo.layer_types.standing_type)."""
+    from ..layer_types import standing_type
+
+    return cache if isinstance(cache, CacheType) else standing_type(cache)
+
+
+def kv_bytes(geometry: ModelGeometry, cells: CacheCells, cache_k: "CacheType | Sequence[CacheType]",
+             cache_v: "CacheType | Sequence[CacheType]", flash_attn: bool = True) -> tuple:
+    """(K bytes, V bytes) of every attention layer's cache tensors (llama_kv_cache::size_k/v_bytes);
+    cache_k / cache_v: one type, or one per layer."""
     # Without flash attention V is stored transposed, every layer padded to the widest row.
     widest_v = max((layer.v_values for layer in geometry.layers if layer.has_kv), default=0)
+    types_k, types_v = per_layer(cache_k, geometry.n_layer), per_layer(cache_v, geometry.n_layer)
     k_total = v_total = 0
-    for layer in geometry.layers:
+    for layer, type_k, type_v in zip(geometry.layers, types_k, types_v):
         if not layer.has_kv:
             continue
         n_cells = (cells.cells_swa if layer.swa else cells.cells) * cells.n_stream
-        k_total += cache_k.row_bytes(layer.k_values) * n_cells
+        k_total += type_k.row_bytes(layer.k_values) * n_cells
         if layer.head_v:
-            v_total += cache_v.row_bytes(layer.v_values if flash_attn else widest_v) * n_cells
+            v_total += type_v.row_bytes(layer.v_values if flash_attn else widest_v) * n_cells
     return k_total, v_total
 
 
@@ -187,12 +203,14 @@ class ContextBytes:
         return self.kv_k + self.kv_v + self.compute + self.recurrent
 
 
-def context_bytes(geometry: ModelGeometry, n_ctx: int, cache_k: CacheType, cache_v: CacheType,
+def context_bytes(geometry: ModelGeometry, n_ctx: int, cache_k: "CacheType | Sequence[CacheType]",
+                  cache_v: "CacheType | Sequence[CacheType]",
                   flash_attn: bool = True, *, n_seq: int = 1, swa_full: bool = False, kv_unified: bool = False,
                   n_batch: int = DEFAULT_N_BATCH, n_ubatch: int = DEFAULT_N_UBATCH) -> ContextBytes:
     """Cells, caches, recurrent state and compute buffer of a context of n_ctx tokens."""
     cells = cache_cells(geometry, n_ctx, n_seq, swa_full, kv_unified, n_batch, n_ubatch)
     kv_k, kv_v = kv_bytes(geometry, cells, cache_k, cache_v, flash_attn)
-    compute = compute_bytes(geometry, cells, flash_attn, *attention_rotation(geometry, cache_k, cache_v),
+    compute = compute_bytes(geometry, cells, flash_attn,
+                            *attention_rotation(geometry, standing(cache_k), standing(cache_v)),
                             n_seq=n_seq)
     return ContextBytes(cells, kv_k, kv_v, compute, recurrent_bytes(geometry, n_seq))
