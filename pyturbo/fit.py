@@ -2,7 +2,7 @@
 
     python -m pyturbo.fit [-m] MODEL --memory 16GiB [-c N] [--cache-k T,..] [--cache-v T,..]
                                [--weights QUANT] [-ub N] [--measure [--chunks N] [--text FILE]]
-                               [--json] [--plot out.png]
+                               [--per-layer] [--json] [--plot out.png]
 
 Memory comes from the GGUF header (pyturbo.memory.estimate): nothing is loaded,
 so it answers for a 70B file on a laptop. With --memory: for each K/V
@@ -17,6 +17,11 @@ a warning line when that configuration's KLD is above KLD_WARNING.
 Quality is the KLD against the f16 cache: measured on this model with --measure
 (pyturbo.kld_cache, kept per model file), else what earlier --measure runs left,
 else the SmolLM2 table (KLD_TABLE). Every KLD names its source.
+
+With --per-layer (and --memory), fit also measures how much each layer's K and V
+cost when lowered (pyturbo.layer_search), chooses a type per layer in the
+recommended pair's memory at the least predicted KLD, measures that mix, and
+prints its spec as a `Run it:` line when it beats the pair.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from . import kld_cache, plan_plots
+from . import kld_cache, layer_search, plan_plots
 from ._cli import (ArgumentParser, add_cache_flags, add_ctx_flag, add_flash_attn_flag, add_swa_full_flag,
                    add_threads_flag, run_main)
 from ._report import markdown_table
@@ -118,6 +123,7 @@ class Plan:
     results: list
     what_if: dict = field(default_factory=dict)   # weight quant -> list of FitResult
     recommendation: "dict | None" = None
+    per_layer: "dict | None" = None    # per_layer_choice()'s answer (--per-layer)
 
 
 def parse_configs(cache_k: "Sequence[str] | None", cache_v: "Sequence[str] | None") -> list:
@@ -269,6 +275,28 @@ def recommend(results: Sequence[FitResult], geometry: ModelGeometry, memory: int
     return answer(r, r.n_ctx, reason)
 
 
+def per_layer_choice(model: "str | os.PathLike", recommendation: dict, geometry: ModelGeometry, *,
+                     chunks: int, text=None, n_threads: "int | None" = None, progress: bool = True) -> dict:
+    """A type per layer in the memory of the recommended pair, of least predicted KLD
+    (pyturbo.layer_search, from each layer's measured sensitivity), measured once to check
+    it; its flags when it beats the pair."""
+    sens = layer_search.sensitivities(model, text=text, n_threads=n_threads, progress=progress)
+    pair = (recommendation["type_k"], recommendation["type_v"])
+    budget = layer_search.bytes_per_cell(geometry, *pair)
+    choice = layer_search.search(sens, budget)
+    measured = kld_cache.measure(model, [pair, (choice.cache_k, choice.cache_v)], chunks=chunks, text=text,
+                                 n_threads=n_threads, progress=progress)
+    kld, pair_kld = measured[choice.cache_k, choice.cache_v].kld, measured[pair].kld
+    flags = None
+    if kld < pair_kld:
+        flags = recommendation["flags"].replace(f"-ctk {pair[0]} -ctv {pair[1]}",
+                                                f"-ctk {choice.cache_k} -ctv {choice.cache_v}")
+    return {"cache_k": choice.cache_k, "cache_v": choice.cache_v, "bits_per_value": round(choice.bits_per_value, 4),
+            "bytes_per_cell": choice.bytes_per_cell, "pair_bytes_per_cell": budget,
+            "predicted_kld": choice.predicted_kld, "kld": kld, "pair_kld": pair_kld, "chunks": chunks,
+            "flags": flags}
+
+
 def quality_warning(r: FitResult) -> "str | None":
     """A warning when the KLD of r's configuration is above KLD_WARNING, else None."""
     if r.kld is None or r.kld <= KLD_WARNING:
@@ -282,13 +310,15 @@ def plan(model: "str | os.PathLike", memory: "int | str | None" = None, n_ctx: "
          configs: "Sequence[tuple] | None" = None, weights_as: "str | None" = None,
          what_if: Sequence[str] = WEIGHT_QUANTS, *, measure: bool = False, chunks: int = kld_cache.DEFAULT_CHUNKS,
          text: "str | os.PathLike | None" = None, n_threads: "int | None" = None, progress: bool = True,
-         n_ubatch: "int | None" = None, **kwargs) -> Plan:
+         n_ubatch: "int | None" = None, per_layer: bool = False, **kwargs) -> Plan:
     """fit's answer as data: per configuration the max context (with memory) or the memory
     needed (with n_ctx), what-if weight quants, and a recommendation (with memory).
 
     measure: measure the configurations' KLD on this model first (chunks of the text,
     default the Debian license texts; kept in pyturbo's cache dir for the next call).
-    n_ubatch: the physical batch to plan for; None searches memory.UBATCH_CHOICES."""
+    n_ubatch: the physical batch to plan for; None searches memory.UBATCH_CHOICES.
+    per_layer: with memory, also search a type per layer in the recommended pair's memory
+    (per_layer_choice; measures this model's layers, which takes minutes)."""
     if memory is None and not n_ctx:
         raise ValueError("give a memory budget (--memory 16GiB), a context (--ctx 32768), or both")
     memory = None if memory is None else parse_size(memory)
@@ -308,6 +338,9 @@ def plan(model: "str | os.PathLike", memory: "int | str | None" = None, n_ctx: "
         result.what_if[quant] = evaluate(header, configs, memory, n_ctx, quant, **kwargs)
     if memory is not None and kv_layers:
         result.recommendation = recommend(results, geometry, memory, n_ctx, kwargs.get("swa_full", False))
+        if per_layer and result.recommendation["type_k"]:
+            result.per_layer = per_layer_choice(model, result.recommendation, geometry, chunks=chunks, text=text,
+                                                n_threads=n_threads, progress=progress)
     return result
 
 
@@ -371,6 +404,15 @@ def to_markdown(p: Plan) -> str:
             lines.append(f"Prefill: {p.recommendation['prefill']}")
         if p.recommendation["warning"]:
             lines.append(f"Warning: {p.recommendation['warning']}")
+    if p.per_layer:
+        c = p.per_layer
+        verdict = "better" if c["flags"] else "not better; keep the pair above"
+        lines.append(f"Per layer, in the memory of {p.recommendation['type_k']}/{p.recommendation['type_v']}: "
+                     f"K {c['cache_k']}, V {c['cache_v']} ({c['bits_per_value']:g} bits per value), KLD "
+                     f"{c['kld']:.4g} against the pair's {c['pair_kld']:.4g} (measured: {c['chunks']} chunks): "
+                     f"{verdict}")
+        if c["flags"]:
+            lines.append(f"Run it: python -m pyturbo.run {os.path.basename(p.model)} {c['flags']}")
     return "\n".join(lines) + "\n"
 
 
@@ -412,6 +454,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--chunks", type=int, default=kld_cache.DEFAULT_CHUNKS,
                         help=f"with --measure: chunks of {kld_cache.DEFAULT_CHUNK_TOKENS} tokens to score "
                              f"(default {kld_cache.DEFAULT_CHUNKS})")
+    parser.add_argument("--per-layer", dest="per_layer", action="store_true",
+                        help="with --memory: also choose a cache type per layer in the recommended pair's memory, "
+                             "from each layer's measured sensitivity (implies --measure; minutes per model, "
+                             "kept in the cache dir)")
     parser.add_argument("--text", default=None, help="with --measure: a text file (default: the Debian license texts)")
     add_threads_flag(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
@@ -435,8 +481,11 @@ def main(argv: "list[str] | None" = None) -> int:
         raise ValueError(f"--chunks must be at least 1, got {args.chunks}")
     configs = parse_configs(args.cache_k, args.cache_v)
     options = {"flash_attn": args.flash_attn, "n_seq": args.n_seq, "swa_full": args.swa_full}
-    result = plan(args.model, args.memory, args.n_ctx, configs, args.weights_as, measure=args.measure,
-                  chunks=args.chunks, text=args.text, n_threads=args.threads, n_ubatch=args.n_ubatch, **options)
+    if args.per_layer and args.memory is None:
+        raise ValueError("--per-layer chooses types within a memory budget: give --memory")
+    result = plan(args.model, args.memory, args.n_ctx, configs, args.weights_as,
+                  measure=args.measure or args.per_layer, chunks=args.chunks, text=args.text, n_threads=args.threads,
+                  n_ubatch=args.n_ubatch, per_layer=args.per_layer, **options)
     sys.stdout.write(to_json(result) if args.json else to_markdown(result))
     if args.plot:
         if args.memory is not None and not args.n_ctx:

@@ -22,7 +22,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .assets import default_text
-from .cache_types import kv_configs
+from . import layer_types
+from .cache_types import cache_type, kv_configs
 from .host import default_threads
 from .errors import PyturboError
 from .model import Model, open_model
@@ -74,6 +75,24 @@ def _chunks(model: Model, text: str, n_ctx: int, chunks: "int | None") -> list[l
     return out
 
 
+def config_pairs(configs) -> list:
+    """[(K, V)] as kv_configs reads them, but a per-layer spec (pyturbo.layer_types) in a
+    (K, V) tuple, or in "K/V;K/V" text, stays a spec, checked when its context is made."""
+    if isinstance(configs, str) and ";" not in configs:
+        return kv_configs(configs)
+    items = configs.split(";") if isinstance(configs, str) else list(configs)
+    pairs = []
+    for item in items:
+        parts = item.strip().split("/") if isinstance(item, str) else list(item)
+        if len(parts) != 2:
+            raise ValueError(f"a configuration is K/V, e.g. q8_0/turbo3 (got {item!r})")
+        pairs.append(tuple(p if layer_types.is_layered(p) else cache_type(p.strip() if isinstance(p, str) else p).name
+                           for p in parts))
+    if not pairs:
+        raise ValueError("no K/V configurations given")
+    return pairs
+
+
 def _log_softmax(logits):
     import numpy as np
 
@@ -100,7 +119,7 @@ def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | 
     """
     import numpy as np
 
-    pairs = kv_configs(configs)
+    pairs = config_pairs(configs)
     if n_ctx < 16:
         raise ValueError(f"n_ctx must be at least 16, got {n_ctx}")
     corpus = read_text(text)
@@ -129,13 +148,14 @@ def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | 
             ref_ppl = math.exp(ref_nll.mean())
 
             results = []
-            for type_k, type_v in pairs:
-                bar.set_postfix_str(f"{type_k.name}/{type_v.name}")
+            for cache_k, cache_v in pairs:
                 started = time.perf_counter()
                 klds, nlls, same = [], [], 0
-                with model.context(n_ctx=n_ctx, cache_k=type_k.name, cache_v=type_v.name,
+                with model.context(n_ctx=n_ctx, cache_k=cache_k, cache_v=cache_v,
                                    flash_attn=flash_attn, n_threads=n_threads, kv_transform=kv_transform) as ctx:
+                    bar.set_postfix_str(f"{ctx.cache_k_spec}/{ctx.cache_v_spec}")
                     applied = ctx.kv_transform
+                    type_k, type_v = ctx.layer_types_k, ctx.layer_types_v
                     for i, chunk in enumerate(token_chunks):
                         logp = _log_softmax(ctx.score(chunk, first)[:-1])
                         reference = ref_logp[i].astype(np.float32)
@@ -146,8 +166,8 @@ def kld(model: "Model | str | os.PathLike", configs, text: "str | os.PathLike | 
                 all_kld = np.concatenate(klds)
                 ppl = math.exp(np.concatenate(nlls).mean())
                 results.append(KLDResult(
-                    type_k=type_k.name, type_v=type_v.name, bpv_k=type_k.bits_per_value,
-                    bpv_v=type_v.bits_per_value, kld=float(all_kld.mean()),
+                    type_k=type_k.spec, type_v=type_v.spec, bpv_k=layer_types.mean_bits(type_k, model.geometry, "K"),
+                    bpv_v=layer_types.mean_bits(type_v, model.geometry, "V"), kld=float(all_kld.mean()),
                     kld_p99=float(np.percentile(all_kld, 99)), ppl=ppl, ppl_ratio=ppl / ref_ppl,
                     same_top=same / all_kld.size, n_tokens=int(all_kld.size),
                     seconds=time.perf_counter() - started, kv_transform=applied))

@@ -164,3 +164,10 @@ def bits_per_value(types: Sequence[CacheType], values_per_layer: Sequence[int]) 
     """Mean bits per cached value over layers that hold values_per_layer each."""
     total = sum(values_per_layer)
     return sum(t.bits_per_value * n for t, n in zip(types, values_per_layer)) / total if total else 0.0
+
+
+def mean_bits(types: LayerTypes, geometry, side: str) -> float:
+    """Mean bits per cached value of one side ('K' or 'V') over a model's attention layers."""
+    layers = [(t, layer) for t, layer in zip(types.types, geometry.layers) if layer.has_kv]
+    values = [layer.k_values if side == "K" else layer.v_values for _, layer in layers]
+    return bits_per_value([t for t, _ in layers], values)

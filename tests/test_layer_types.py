@@ -228,3 +228,54 @@ def test_llama_kwargs_puts_a_spec_in_the_environment_and_clears_it(monkeypatch, 
         llama_kwargs(cache_k="f16,turbo3@31", model_path=str(smol_path))
     llama_kwargs(cache_k="turbo3", cache_v="turbo3")
     assert layer_types.ENV_K not in os.environ
+
+
+# -- choosing the types by measurement (pyturbo.layer_search, fit --per-layer) ---------------
+
+def synthetic_sensitivities(smol_model, layer_k, layer_v):
+    from pyturbo.layer_search import LADDER, Sensitivities
+
+    # a type's KLD on a side: 0 for f16, growing as its bits fall
+    scale = {t: (16 - pyturbo.cache_type(t).bits_per_value) ** 2 for t in LADDER}
+    return Sensitivities(smol_model.geometry, {"K": layer_k, "V": layer_v},
+                         {"K": dict(scale), "V": dict(scale)}, chunks=1)
+
+
+def test_the_search_spends_the_budget_on_the_sensitive_layers(smol_model):
+    from pyturbo import layer_search
+
+    layer_k = [0.001] * N
+    layer_k[4] = 1.0            # one K layer matters far more than the rest
+    sens = synthetic_sensitivities(smol_model, layer_k, [0.001] * N)
+    budget = layer_search.bytes_per_cell(smol_model.geometry, "turbo3", "turbo3")
+    choice = layer_search.search(sens, budget)
+    assert choice.bytes_per_cell <= budget
+    k = layer_types.parse(choice.cache_k, N)
+    assert k[4].bits_per_value > max(t.bits_per_value for i, t in enumerate(k.types) if i != 4)
+    # the predicted KLD is what the cost model says of the spec chosen
+    v = layer_types.parse(choice.cache_v, N)
+    predicted = sum(sens.cost("K", i, k[i].name) + sens.cost("V", i, v[i].name) for i in range(N))
+    assert choice.predicted_kld == pytest.approx(predicted)
+    # more memory never predicts worse; the cheapest types are the floor
+    richer = layer_search.search(sens, layer_search.bytes_per_cell(smol_model.geometry, "q8_0", "turbo3"))
+    assert richer.predicted_kld < choice.predicted_kld
+    assert layer_search.search(sens, budget // 2) is None
+
+
+def test_fit_per_layer_measures_the_layers_and_prints_a_spec_that_runs(tiny_path, tmp_path, monkeypatch, capsys):
+    from pyturbo import fit
+
+    monkeypatch.setenv("PYTURBO_CACHE", str(tmp_path / "cache"))
+    assert fit.main([str(tiny_path), "--memory", "64MiB", "-ctk", "turbo3", "-ctv", "turbo3", "--per-layer",
+                     "--chunks", "1", "-t", "1"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("Per layer, in the memory of turbo3/turbo3"))
+    assert "measured: 1 chunks" in line
+    choice = fit.plan(tiny_path, memory="64MiB", configs=[("turbo3", "turbo3")], what_if=(), per_layer=True,
+                      chunks=1, n_threads=1, progress=False).per_layer   # read back from the cache
+    assert choice["bytes_per_cell"] <= choice["pair_bytes_per_cell"]
+    if choice["flags"]:
+        assert f"-ctk {choice['cache_k']} -ctv {choice['cache_v']}" in out
+        assert choice["kld"] < choice["pair_kld"]
+    with pytest.raises(ValueError, match="give --memory"):
+        fit.main([str(tiny_path), "-c", "512", "--per-layer"])
