@@ -81,6 +81,35 @@ def test_llama_generates_with_a_turbo_v_cache_of_pyturbos_size(ptl, smol_path, s
     assert abs(ours["v"] - 2048 * per_token) <= 0.005 * MiB
 
 
+def test_llama_takes_a_type_per_layer_through_llama_kwargs(ptl, smol_path, capfd, monkeypatch):
+    from llama_cpp import Llama
+
+    from pyturbo import layer_types
+    from pyturbo.memory import estimate
+
+    monkeypatch.delenv(layer_types.ENV_K, raising=False)
+    monkeypatch.delenv(layer_types.ENV_V, raising=False)
+    spec_k, spec_v = "q8_0,turbo3@0-9", "turbo3,q8_0@-2"
+    capfd.readouterr()
+    # model_path passes through llama_kwargs, which checks the spec against the model's layers
+    llm = Llama(n_ctx=2048, n_threads=2, verbose=True,
+                **ptl.llama_kwargs(cache_k=spec_k, cache_v=spec_v, model_path=str(smol_path)))
+    try:
+        allocation = capfd.readouterr().err
+        out = llm("1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=6, temperature=0.0)
+        assert out["choices"][0]["text"].startswith(" 9, 10"), out
+    finally:
+        llm.close()
+        ptl.llama_kwargs(cache_k="f16", cache_v="f16")   # clears the variables
+    theirs = KV_SIZE_LINE.search(allocation)
+    # llama.cpp names the standing types; its sizes are the layers' own
+    assert theirs and (theirs.group(4), theirs.group(6)) == ("turbo3", "turbo3"), allocation[-2000:]
+    est = estimate(smol_path, 2048, spec_k, spec_v)
+    assert abs(float(theirs.group(5)) * MiB - est.kv_k) <= 0.005 * MiB
+    assert abs(float(theirs.group(7)) * MiB - est.kv_v) <= 0.005 * MiB
+    assert layer_types.ENV_K not in os.environ
+
+
 def test_wrong_llama_cpp_python_version_names_the_one_to_install(ptl, monkeypatch):
     monkeypatch.setattr(ptl, "installed_version", lambda: "0.3.20")
     with pytest.raises(ptl.LlamaCppError, match=r"llama-cpp-python 0.3.20 is installed.*llama-cpp-python==0.3.36"):
