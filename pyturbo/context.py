@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import itertools
 import os
 import threading
 import time
@@ -15,7 +14,7 @@ from . import _native, layer_types, state
 from ._native import ffi, llama
 from .context_memory import ContextMemory, read_context_memory
 from .host import check_context_limits, default_threads
-from .cache_types import check_cache, flash_attn_enabled, flash_attn_mode
+from .cache_types import flash_attn_enabled, flash_attn_mode
 from .errors import ContextBusyError, ContextError, ContextOverflowError, StateError
 from .kv_transform import describe as describe_kv_transform
 from .kv_transform import parse as kv_transform_flags
@@ -45,24 +44,13 @@ class GenerationStats:
         return self.n_gen / self.gen_seconds if self.gen_seconds > 0 else 0.0
 
 
-def native_layer_types(types_k: "layer_types.LayerTypes", types_v: "layer_types.LayerTypes"):
-    """struct pyturbo_kv_layer_types for per-layer caches (NULL when both sides are uniform),
-    and the arrays it points to, to keep alive until the context is made."""
-    if types_k.uniform and types_v.uniform:
-        return ffi.NULL, ()
-    ids_k = ffi.new("int32_t[]", types_k.type_ids())
-    ids_v = ffi.new("int32_t[]", types_v.type_ids())
-    layers = ffi.new("struct pyturbo_kv_layer_types *", {"n_layer": len(types_k), "type_k": ids_k, "type_v": ids_v})
-    return layers, (ids_k, ids_v)
-
-
 class Context(_native.NativeObject):
     """An inference context: a KV cache of n_ctx cells with the given K and V types.
 
     cache_k / cache_v take any name from `pyturbo.cache_types()`, or a type per layer: a
-    spec such as "turbo3,q8_0@0-1,q8_0@-2" or a list of names (pyturbo.layer_types);
-    self.cache_k / cache_v are then the types standing for all layers, and
-    self.layer_types_k / layer_types_v hold each layer's. flash_attn is
+    spec such as "turbo3,q8_0@0-1,q8_0@-2" or a list (pyturbo.layer_types); self.cache_k /
+    cache_v are then the types standing for all layers (llama.cpp's checks and rotation go
+    by them), self.layer_types_k / layer_types_v each layer's. flash_attn is
     'on', 'off' or 'auto' as in llama.cpp's -fa. kv_transform: 'auto' (the exact
     K/V transforms that help this model, see pyturbo.kv_transform), 'off', or
     transform names joined by '+'; `self.kv_transform` says what applies. Free it
@@ -88,17 +76,12 @@ class Context(_native.NativeObject):
         self._busy = threading.Lock()
         self.swa_full = bool(swa_full)
         transform_request = kv_transform_flags(kv_transform)
-        n_layer = model.geometry.n_layer
-        self.layer_types_k = layer_types.parse(cache_k, n_layer)
-        self.layer_types_v = layer_types.parse(cache_v, n_layer)
-        # What the layers need as a whole: llama.cpp decides its checks and its rotation by these.
-        self.cache_k = self.layer_types_k.standing
-        self.cache_v = self.layer_types_v.standing
         self.flash_attn = flash_attn_mode(flash_attn)
         if n_ctx < 0:
             raise ValueError(f"n_ctx must be >= 0 (0 = the model's training context), got {n_ctx}")
-        for k, v in itertools.product(set(self.layer_types_k.types), set(self.layer_types_v.types)):
-            check_cache(k, v, self.flash_attn, model.geometry)
+        self.layer_types_k, self.layer_types_v = layer_types.parse_pair(cache_k, cache_v, self.flash_attn,
+                                                                        model.geometry)
+        self.cache_k, self.cache_v = self.layer_types_k.standing, self.layer_types_v.standing
         check_context_limits(model.geometry, model.path.name, n_ctx, self.layer_types_k, self.layer_types_v,
                              flash_attn_enabled(self.flash_attn), swa_full=self.swa_full, n_batch=n_batch,
                              n_ubatch=n_ubatch, host_only=not getattr(model, "n_gpu_layers", 0))
@@ -116,10 +99,9 @@ class Context(_native.NativeObject):
         params.type_v = self.cache_v.type_id
         params.swa_full = self.swa_full
         applied = ffi.new("int32_t *")
-        layers, keep_alive = native_layer_types(self.layer_types_k, self.layer_types_v)
+        layers, _arrays = layer_types.native_struct(self.layer_types_k, self.layer_types_v)  # alive until made
         with _native.captured_log() as log:
             handle = llama.pyturbo_context_create(model.handle, params, transform_request, layers, applied)
-        del keep_alive
         if handle == ffi.NULL:
             reason = _native.last_problem(log) or "llama.cpp gave no reason"
             raise ContextError(f"could not create a context (K {self.cache_k_spec}, V {self.cache_v_spec}, "
@@ -153,13 +135,11 @@ class Context(_native.NativeObject):
                 f"K={self.cache_k_spec} V={self.cache_v_spec} kv_transform={self.kv_transform}>")
 
     @property
-    def cache_k_spec(self) -> str:
-        """The K cache's types: a name, or a per-layer spec (pyturbo.layer_types)."""
+    def cache_k_spec(self) -> str:   # a name, or a per-layer spec (pyturbo.layer_types)
         return self.layer_types_k.spec
 
     @property
     def cache_v_spec(self) -> str:
-        """The V cache's types: a name, or a per-layer spec (pyturbo.layer_types)."""
         return self.layer_types_v.spec
 
     @property

@@ -277,9 +277,8 @@ def recommend(results: Sequence[FitResult], geometry: ModelGeometry, memory: int
 
 def per_layer_choice(model: "str | os.PathLike", recommendation: dict, geometry: ModelGeometry, *,
                      chunks: int, text=None, n_threads: "int | None" = None, progress: bool = True) -> dict:
-    """A type per layer in the memory of the recommended pair, of least predicted KLD
-    (pyturbo.layer_search, from each layer's measured sensitivity), measured once to check
-    it; its flags when it beats the pair."""
+    """A type per layer in the recommended pair's memory, of least predicted KLD (pyturbo.layer_search),
+    measured once to check it; its flags when it beats the pair."""
     sens = layer_search.sensitivities(model, text=text, n_threads=n_threads, progress=progress)
     pair = (recommendation["type_k"], recommendation["type_v"])
     budget = layer_search.bytes_per_cell(geometry, *pair)

@@ -17,11 +17,12 @@ one layer needs them; both are exact, so the other layers lose nothing.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
-from .cache_types import cache_type
+from .cache_types import cache_type, check_cache
 from .errors import CacheTypeError
 from .upstream.cache_table import CacheType
 
@@ -171,3 +172,25 @@ def mean_bits(types: LayerTypes, geometry, side: str) -> float:
     layers = [(t, layer) for t, layer in zip(types.types, geometry.layers) if layer.has_kv]
     values = [layer.k_values if side == "K" else layer.v_values for _, layer in layers]
     return bits_per_value([t for t, _ in layers], values)
+
+
+def parse_pair(cache_k, cache_v, flash_attn, geometry) -> "tuple[LayerTypes, LayerTypes]":
+    """Both sides' types on a model, every K type with every V type checked as
+    pyturbo.cache_types.check_cache checks one pair."""
+    k, v = parse(cache_k, geometry.n_layer), parse(cache_v, geometry.n_layer)
+    for type_k, type_v in itertools.product(set(k.types), set(v.types)):
+        check_cache(type_k, type_v, flash_attn, geometry)
+    return k, v
+
+
+def native_struct(types_k: LayerTypes, types_v: LayerTypes):
+    """struct pyturbo_kv_layer_types for per-layer caches (NULL when both sides are uniform),
+    and the arrays it points to, to keep alive until the context is made."""
+    from ._native import ffi  # here, so that planning from a header needs no native library
+
+    if types_k.uniform and types_v.uniform:
+        return ffi.NULL, ()
+    ids_k = ffi.new("int32_t[]", types_k.type_ids())
+    ids_v = ffi.new("int32_t[]", types_v.type_ids())
+    layers = ffi.new("struct pyturbo_kv_layer_types *", {"n_layer": len(types_k), "type_k": ids_k, "type_v": ids_v})
+    return layers, (ids_k, ids_v)

@@ -12,12 +12,11 @@ context allocates, to check an estimate against.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 from .upstream.allocation import CELL_PADDING, DEFAULT_N_BATCH, DEFAULT_N_UBATCH, context_bytes
 from . import layer_types
-from .cache_types import check_cache, flash_attn_enabled
+from .cache_types import flash_attn_enabled
 from .upstream.geometry import model_geometry
 from .gguf import GGUFHeader, read_gguf_header
 from .units import parse_size
@@ -70,9 +69,7 @@ def estimate(model, n_ctx: int, cache_k: str = "f16", cache_v: str = "f16", n_se
     """
     header = _header_of(model)
     geometry = model_geometry(header)
-    k, v = layer_types.parse(cache_k, geometry.n_layer), layer_types.parse(cache_v, geometry.n_layer)
-    for type_k, type_v in itertools.product(set(k.types), set(v.types)):
-        check_cache(type_k, type_v, flash_attn, geometry)
+    k, v = layer_types.parse_pair(cache_k, cache_v, flash_attn, geometry)
     sizes = context_bytes(geometry, n_ctx, k.types, v.types, flash_attn_enabled(flash_attn), n_seq=n_seq,
                           swa_full=swa_full, kv_unified=kv_unified, n_batch=n_batch, n_ubatch=n_ubatch)
     weights = weight_bytes_as(header, weight_quant) if weight_quant else weight_bytes(header)
