@@ -13,7 +13,11 @@ endif()
 target_sources(ggml-base PRIVATE
     ${PYTURBO_CSRC_DIR}/turbo-common.h
     ${PYTURBO_CSRC_DIR}/turbo-quants.h
-    ${PYTURBO_CSRC_DIR}/turbo-quants.c)
+    ${PYTURBO_CSRC_DIR}/turbo-quants.c
+    ${PYTURBO_CSRC_DIR}/turbo-tcq.h
+    ${PYTURBO_CSRC_DIR}/turbo-tcq-tables.h
+    ${PYTURBO_CSRC_DIR}/turbo-tcq-encode.h
+    ${PYTURBO_CSRC_DIR}/turbo-tcq.c)
 target_include_directories(ggml-base PRIVATE ${PYTURBO_CSRC_DIR})
 # The block scale (sums of products in turbo-quants.c) must round the same on every
 # platform, or an AArch64 build picks other scales and codes than an x86 one (1 block
@@ -21,7 +25,7 @@ target_include_directories(ggml-base PRIVATE ${PYTURBO_CSRC_DIR})
 # default wherever the target has one (every AArch64, x86 with FMA), clang within a
 # statement: keep the plain multiply-then-add. GPU quantizers reproduce this.
 if(CMAKE_C_COMPILER_ID MATCHES "GNU|Clang")
-    set_source_files_properties(${PYTURBO_CSRC_DIR}/turbo-quants.c TARGET_DIRECTORY ggml-base
+    set_source_files_properties(${PYTURBO_CSRC_DIR}/turbo-quants.c ${PYTURBO_CSRC_DIR}/turbo-tcq.c TARGET_DIRECTORY ggml-base
                                 PROPERTIES COMPILE_OPTIONS -ffp-contract=off)
 endif()
 
@@ -103,11 +107,18 @@ foreach(target IN LISTS pyturbo_ggml_targets)
         ${PYTURBO_CSRC_DIR}/cpu/turbo.h
         ${PYTURBO_CSRC_DIR}/cpu/turbo-impl.h
         ${PYTURBO_CSRC_DIR}/cpu/turbo.c
+        ${PYTURBO_CSRC_DIR}/cpu/turbo-tcq-cpu.c
         ${PYTURBO_CSRC_DIR}/cpu/arch/turbo-kernels.h
         ${PYTURBO_CSRC_DIR}/cpu/arch/x86/turbo.c
         ${PYTURBO_CSRC_DIR}/cpu/arch/arm/turbo.c
         ${PYTURBO_CSRC_DIR}/cpu/turbo-fattn.cpp)
     target_include_directories(${target} PRIVATE ${PYTURBO_CSRC_DIR} ${PYTURBO_CSRC_DIR}/cpu)
+    # the trellis encoder, compiled here with the backend's instruction sets, must give the
+    # reference's blocks (turbo-tcq-encode.h): no FMA contraction, as in ggml-base
+    if(CMAKE_C_COMPILER_ID MATCHES "GNU|Clang")
+        set_source_files_properties(${PYTURBO_CSRC_DIR}/cpu/turbo-tcq-cpu.c TARGET_DIRECTORY ${target}
+                                    PROPERTIES COMPILE_OPTIONS -ffp-contract=off)
+    endif()
 endforeach()
 
 # The CUDA backend (GGML_CUDA=on): csrc/cuda/, its flash-attention instances and

@@ -27,7 +27,8 @@
 #include <string.h>
 
 bool ggml_is_runtime_only_type(enum ggml_type type) {
-    return type == GGML_TYPE_TURBO2 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO4;
+    return type == GGML_TYPE_TURBO2 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO4 ||
+           type == GGML_TYPE_TURBO3T || type == GGML_TYPE_TURBO2T;
 }
 
 void turbo_pick_codes_ref(const float * GGML_RESTRICT x, float inv_scale, const float * GGML_RESTRICT thr, int nthr, uint8_t * GGML_RESTRICT codes) {

@@ -30,7 +30,8 @@ from .errors import (
     WeightTypeError,
 )
 from .model import Model
-from .upstream.cache_table import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4, CacheType
+from .upstream.cache_table import (GGML_TYPE_TURBO2, GGML_TYPE_TURBO2T, GGML_TYPE_TURBO3, GGML_TYPE_TURBO3T,
+                                   GGML_TYPE_TURBO4, CacheType)
 from .weights import QuantizeResult
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Model", "Context", "GenerationStats", "CacheType", "cache_types", "cache_type",
     "default_model", "cache_dir", "GGML_TYPE_TURBO2", "GGML_TYPE_TURBO3", "GGML_TYPE_TURBO4",
+    "GGML_TYPE_TURBO3T", "GGML_TYPE_TURBO2T",
     "PyturboError", "LibraryError", "ModelNotFoundError", "InvalidModelError", "CacheTypeError",
     "ContextError", "ContextOverflowError", "ContextBusyError", "StateError", "PyturboWarning", "DownloadError",
     "QuantizeResult", "QuantizeError", "WeightTypeError", "RPCError", "BackendError",

@@ -29,7 +29,7 @@ from typing import Sequence
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from .upstream.cache_table import GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4
+from .upstream.cache_table import CACHE_TYPES, TURBO_CACHE_TYPES
 from .errors import InvalidModelError, ModelNotFoundError
 from .upstream.loader_rules import check_loader_rules
 
@@ -62,7 +62,7 @@ _SCALAR_FORMATS = {
 _MIN_VALUE_BYTES = {**{t: struct.calcsize("<" + f) for t, f in _SCALAR_FORMATS.items()},
                     GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}
 # pyturbo's cache-only ggml types (pyturbo.upstream.cache_table), which ggml refuses in a file by name.
-_TURBO_TYPE_NAMES = {GGML_TYPE_TURBO2: "turbo2", GGML_TYPE_TURBO3: "turbo3", GGML_TYPE_TURBO4: "turbo4"}
+_TURBO_TYPE_NAMES = {CACHE_TYPES[name].type_id: name for name in TURBO_CACHE_TYPES}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 # Bytes read at once while parsing an array of strings.

@@ -32,10 +32,10 @@ from .upstream.geometry import ModelGeometry, model_geometry
 
 # The types a layer may get, most bits first, and the one sensitivities are measured at
 # (in the middle of the ladder, where the choices fall at 3-4 bits per value).
-LADDER = ("f16", "q8_0", "q5_0", "q4_0", "turbo4", "turbo3", "turbo2")
+LADDER = ("f16", "q8_0", "q5_0", "q4_0", "turbo4", "turbo3t", "turbo3", "turbo2t", "turbo2")
 PROBE = "turbo3"
 
-# Chunks of 512 tokens per sensitivity: one KLD per layer and side, 2N+2x7 of them, so few;
+# Chunks of 512 tokens per sensitivity: one KLD per layer and side, 2N+2x9 of them, so few;
 # the ranking of layers is what counts, and the chosen mix is measured again in full.
 SENSITIVITY_CHUNKS = 2
 

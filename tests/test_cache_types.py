@@ -37,7 +37,7 @@ def test_the_static_table_matches_the_loaded_libggml():
         assert c_string(ggml.ggml_type_name(t.type_id)) == t.name
         assert ggml.ggml_blck_size(t.type_id) == t.block_size, t.name
         assert ggml.ggml_type_size(t.type_id) == t.type_size, t.name
-    assert [t.type_id for t in pyturbo.cache_types() if t.turbo] == [43, 44, 45]
+    assert [t.type_id for t in pyturbo.cache_types() if t.turbo] == [43, 44, 45, 46, 47]
 
 
 def test_cache_rules_without_a_model_only_check_flash_attention():

@@ -23,10 +23,12 @@ from pyturbo import _native
 ROOT = Path(__file__).resolve().parent.parent
 GGML = ROOT / "vendor" / "llama.cpp" / "ggml"
 CSRC = ROOT / "csrc"
-KERNEL_SOURCES = [CSRC / "cpu" / "turbo.c", CSRC / "cpu" / "arch" / "x86" / "turbo.c", CSRC / "cpu" / "arch" / "arm" / "turbo.c"]
+KERNEL_SOURCES = [CSRC / "cpu" / "turbo.c", CSRC / "cpu" / "turbo-tcq-cpu.c", CSRC / "cpu" / "arch" / "x86" / "turbo.c",
+                  CSRC / "cpu" / "arch" / "arm" / "turbo.c"]
 INCLUDES = [GGML / "include", GGML / "src", GGML / "src" / "ggml-cpu", CSRC, CSRC / "cpu"]
-KERNEL_SYMBOLS = ["pyturbo_pick_codes"] + [name for n in (2, 3, 4) for name in
-                                           (f"pyturbo_dequantize_row_turbo{n}", f"ggml_vec_dot_turbo{n}_f32")]
+KERNEL_SYMBOLS = (["pyturbo_pick_codes"]
+                  + [name for n in (2, 3, 4) for name in (f"pyturbo_dequantize_row_turbo{n}", f"ggml_vec_dot_turbo{n}_f32")]
+                  + ["pyturbo_dequantize_row_turbo3t", "pyturbo_dequantize_row_turbo2t"])
 
 pytestmark = pytest.mark.skipif(not (GGML / "include" / "ggml.h").exists(),
                                 reason="vendor/llama.cpp is not materialized (pip install . or cmake does it)")
@@ -57,7 +59,8 @@ def test_simd_kernels_match_the_scalar_reference(level, tmp_path):
         pytest.skip(f"this CPU lacks {sorted(missing)}")
     lib_dir = _native.library_dir()
     exe = tmp_path / "turbo_simd_check"
-    compile_cmd = ["cc", "-O2", "-std=gnu11", "-D_GNU_SOURCE", *flags, *(f"-I{p}" for p in INCLUDES),
+    # -ffp-contract=off as the build compiles the trellis encoder (turbo-tcq-cpu.c)
+    compile_cmd = ["cc", "-O2", "-std=gnu11", "-D_GNU_SOURCE", "-ffp-contract=off", *flags, *(f"-I{p}" for p in INCLUDES),
                    str(ROOT / "tests" / "native" / "turbo_simd_check.c"), *map(str, KERNEL_SOURCES),
                    f"-L{lib_dir}", "-lggml-cpu", "-lggml-base", f"-Wl,-rpath,{lib_dir}", "-lm", "-o", str(exe)]
     built = subprocess.run(compile_cmd, capture_output=True, text=True)
@@ -67,7 +70,7 @@ def test_simd_kernels_match_the_scalar_reference(level, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert f"simd: {banner}" in output
-    for name in ("turbo2", "turbo3", "turbo4"):
+    for name in ("turbo2", "turbo3", "turbo4", "turbo3t", "turbo2t"):
         assert f"{name} codes: identical" in output
         assert f"{name} dequantize: identical" in output
         assert re.search(rf"{name} vec_dot: worst relative error \S+ ok", output), output

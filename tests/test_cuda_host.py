@@ -66,3 +66,28 @@ def test_the_cuda_quantizer_is_compiled_with_ieee_rounding():
     cmake = (CSRC / "cuda" / "pyturbo-cuda.cmake").read_text()
     assert "-ftz=false;-prec-div=true;-prec-sqrt=true;-fmad=false" in cmake
     assert re.search(r"set_source_files_properties\(\$\{PYTURBO_CUDA_DIR\}/turbo-cuda\.cu TARGET_DIRECTORY ggml-cuda", cmake)
+
+
+def test_cuda_trellis_block_math_matches_the_cpu_reference_bit_for_bit(tmp_path):
+    # csrc/cuda/turbo-tcq-block.h: the encoder (a serial Viterbi search), the fp16 rounding and
+    # the decoder of turbo3t/turbo2t, against csrc/turbo-tcq.c in libggml-base
+    compiler = shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler (c++) on the PATH")
+    lib_dir = _native.library_dir()
+    exe = tmp_path / "turbo_cuda_tcq_check"
+    cmd = [compiler, "-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Wextra",
+           *(f"-I{p}" for p in INCLUDES), str(ROOT / "tests" / "native" / "turbo_cuda_tcq_check.cpp"),
+           f"-L{lib_dir}", "-lggml-base", f"-Wl,-rpath,{lib_dir}", "-o", str(exe)]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-4000:]
+    assert "turbo-tcq-block.h" not in built.stderr, built.stderr[-4000:]
+    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert re.search(r"fp16 rounding: identical \(\d+ floats, 0 differ\)", output), output
+    for name in ("turbo3t", "turbo2t"):
+        match = re.search(rf"{name} blocks: identical \((\d+) blocks, 0 differ\)", output)
+        assert match and int(match.group(1)) > 3000, output
+        assert f"{name} dequantize: identical (0 values differ)" in output, output
+    assert "0 checks failed" in output

@@ -73,7 +73,7 @@ def test_metal_block_math_matches_the_reference_bit_for_bit(tmp_path):
     result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    for name in ("turbo2", "turbo3", "turbo4"):
+    for name in ("turbo2", "turbo3", "turbo4", "turbo3t", "turbo2t"):
         assert f"{name} quantize: 0 of 20000 blocks differ" in output, output
         assert re.search(rf"{name} dequantize: 0 float and 0 half values differ", output), output
     assert "0 checks failed" in output

@@ -34,9 +34,9 @@ CSRC = ROOT / "csrc"
 CHECK_SOURCE = ROOT / "tests" / "native" / "turbo_simd_check.c"
 INCLUDES = [GGML / "include", GGML / "src", GGML / "src" / "ggml-cpu", CSRC, CSRC / "cpu"]
 # ggml-base's part (the block scale) and ggml-cpu's part (the kernels), as the build splits them
-REFERENCE_SOURCE = CSRC / "turbo-quants.c"
-KERNEL_SOURCES = [CSRC / "cpu" / "turbo.c", CSRC / "cpu" / "arch" / "arm" / "turbo.c"]
-TYPES = ("turbo2", "turbo3", "turbo4")
+REFERENCE_SOURCES = [CSRC / "turbo-quants.c", CSRC / "turbo-tcq.c"]
+KERNEL_SOURCES = [CSRC / "cpu" / "turbo.c", CSRC / "cpu" / "turbo-tcq-cpu.c", CSRC / "cpu" / "arch" / "arm" / "turbo.c"]
+TYPES = ("turbo2", "turbo3", "turbo4", "turbo3t", "turbo2t")
 
 # compiler, its extra arguments, -march
 TARGETS = {
@@ -50,10 +50,11 @@ pytestmark = pytest.mark.skipif(not (GGML / "include" / "ggml.h").exists(),
 
 
 def reference_flags() -> list[str]:
-    """The compile options pyturbo-kernels.cmake sets on turbo-quants.c (GCC/clang)."""
+    """The compile options pyturbo-kernels.cmake sets on turbo-quants.c and turbo-tcq.c (GCC/clang)."""
     cmake = (CSRC / "pyturbo-kernels.cmake").read_text()
-    match = re.search(r"turbo-quants\.c\s+TARGET_DIRECTORY ggml-base\s+PROPERTIES COMPILE_OPTIONS ([^)\n]+)", cmake)
-    assert match, "pyturbo-kernels.cmake no longer sets COMPILE_OPTIONS on turbo-quants.c"
+    match = re.search(r"turbo-quants\.c\s+\S*turbo-tcq\.c\s+TARGET_DIRECTORY ggml-base\s+PROPERTIES COMPILE_OPTIONS ([^)\n]+)",
+                      cmake)
+    assert match, "pyturbo-kernels.cmake no longer sets COMPILE_OPTIONS on turbo-quants.c and turbo-tcq.c"
     return match.group(1).split()
 
 
@@ -86,8 +87,9 @@ def host_digests(tmp_path_factory) -> dict[str, str]:
     """Digests of the host's shipped reference quantizer (libggml-base)."""
     lib_dir = _native.library_dir()
     exe = tmp_path_factory.mktemp("host") / "turbo_simd_check"
-    kernels = [CSRC / "cpu" / "turbo.c", *(CSRC / "cpu" / "arch" / arch / "turbo.c" for arch in ("x86", "arm"))]
-    cmd = ["cc", "-O2", "-std=gnu11", "-D_GNU_SOURCE", *(f"-I{p}" for p in INCLUDES), str(CHECK_SOURCE),
+    kernels = [CSRC / "cpu" / "turbo.c", CSRC / "cpu" / "turbo-tcq-cpu.c",
+               *(CSRC / "cpu" / "arch" / arch / "turbo.c" for arch in ("x86", "arm"))]
+    cmd = ["cc", "-O2", "-std=gnu11", "-D_GNU_SOURCE", "-ffp-contract=off", *(f"-I{p}" for p in INCLUDES), str(CHECK_SOURCE),
            *map(str, kernels), f"-L{lib_dir}", "-lggml-cpu", "-lggml-base", f"-Wl,-rpath,{lib_dir}", "-lm", "-o", str(exe)]
     built = subprocess.run(cmd, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-4000:]
@@ -103,17 +105,19 @@ def test_neon_kernels_match_the_reference_under_qemu(target, tmp_path, host_dige
     if missing:
         pytest.skip("cannot run AArch64 code here: missing " + ", ".join(missing))
 
-    common = [compiler, *extra, f"-march={march}", "-O2", "-std=gnu11", "-D_GNU_SOURCE",
+    common = [compiler, *extra, f"-march={march}", "-O2", "-std=gnu11", "-D_GNU_SOURCE", "-ffp-contract=off",
               "-Werror=implicit-function-declaration", *(f"-I{p}" for p in INCLUDES)]
     # gc-sections drops quantize_turboN (ggml_quantize_chunk's entries, which need libggml-base's
     # ggml_row_size): the check calls only the row functions, so it links from these sources alone
-    reference_obj = tmp_path / "turbo-quants.o"
-    built = subprocess.run([*common, "-ffunction-sections", *reference_flags(), "-c", str(REFERENCE_SOURCE),
-                            "-o", str(reference_obj)], capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr[-4000:]
+    reference_objs = []
+    for source in REFERENCE_SOURCES:
+        reference_objs.append(tmp_path / (source.stem + ".o"))
+        built = subprocess.run([*common, "-ffunction-sections", *reference_flags(), "-c", str(source),
+                                "-o", str(reference_objs[-1])], capture_output=True, text=True)
+        assert built.returncode == 0, built.stderr[-4000:]
     exe = tmp_path / "turbo_simd_check"
     built = subprocess.run([*common, "-static", "-ffunction-sections", "-Wl,--gc-sections", str(CHECK_SOURCE),
-                            str(reference_obj), *map(str, KERNEL_SOURCES), "-lm", "-o", str(exe)],
+                            *map(str, reference_objs), *map(str, KERNEL_SOURCES), "-lm", "-o", str(exe)],
                            capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-4000:]
     header = exe.read_bytes()[:20]

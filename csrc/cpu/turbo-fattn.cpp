@@ -56,6 +56,8 @@ row_to_f32_t kv_row_to_f32(ggml_type type) {
         case GGML_TYPE_TURBO2: return pyturbo_dequantize_row_turbo2;
         case GGML_TYPE_TURBO3: return pyturbo_dequantize_row_turbo3;
         case GGML_TYPE_TURBO4: return pyturbo_dequantize_row_turbo4;
+        case GGML_TYPE_TURBO3T: return pyturbo_dequantize_row_turbo3t;
+        case GGML_TYPE_TURBO2T: return pyturbo_dequantize_row_turbo2t;
         default:               return (row_to_f32_t) ggml_get_type_traits(type)->to_float;
     }
 }

@@ -22,6 +22,8 @@
 #define ggml_vec_dot_turbo2_f32_generic       ggml_vec_dot_turbo2_f32
 #define ggml_vec_dot_turbo3_f32_generic       ggml_vec_dot_turbo3_f32
 #define ggml_vec_dot_turbo4_f32_generic       ggml_vec_dot_turbo4_f32
+#define pyturbo_dequantize_row_turbo3t_generic pyturbo_dequantize_row_turbo3t
+#define pyturbo_dequantize_row_turbo2t_generic pyturbo_dequantize_row_turbo2t
 #endif
 
 #ifdef __cplusplus
@@ -35,6 +37,8 @@ void pyturbo_pick_codes_generic(const float * GGML_RESTRICT x, float inv_scale, 
 void pyturbo_dequantize_row_turbo2_generic(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
 void pyturbo_dequantize_row_turbo3_generic(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
 void pyturbo_dequantize_row_turbo4_generic(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+void pyturbo_dequantize_row_turbo3t_generic(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
+void pyturbo_dequantize_row_turbo2t_generic(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k);
 
 void ggml_vec_dot_turbo2_f32_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 void ggml_vec_dot_turbo3_f32_generic(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);

@@ -18,13 +18,15 @@ CHECKED_AT_PIN = "0c1e57098"
 
 # llama.cpp's own cache-type list (common/arg.cpp kv_cache_types), in its order.
 UPSTREAM_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
-TURBO_CACHE_TYPES = ("turbo2", "turbo3", "turbo4")
+TURBO_CACHE_TYPES = ("turbo2", "turbo3", "turbo4", "turbo3t", "turbo2t")
 
 # Stable ids of pyturbo's types in enum ggml_type, for code that passes ints
 # (llama-cpp-python's type_k/type_v).
 GGML_TYPE_TURBO2 = 43
 GGML_TYPE_TURBO3 = 44
 GGML_TYPE_TURBO4 = 45
+GGML_TYPE_TURBO3T = 46   # trellis-coded (csrc/turbo-tcq.h)
+GGML_TYPE_TURBO2T = 47
 
 # Side of the blocks llama.cpp's Hadamard rotation works on: a head size must be a multiple.
 ROTATION_BLOCK = 64
@@ -61,7 +63,8 @@ class CacheType:
 
 
 # Every usable type by name, llama.cpp's first: a turbo block is one fp16 scale and
-# 64 codes of 2, 3 or 4 bits.
+# 64 codes of 2, 3 or 4 bits; a trellis-coded one (turbo3t, turbo2t) a 10-bit scale,
+# 6 start bits and a 64-step walk of 3 or 2 bits per step.
 CACHE_TYPES = {t.name: t for t in (
     CacheType("f32", 0, 1, 4),
     CacheType("f16", 1, 1, 2),
@@ -75,6 +78,8 @@ CACHE_TYPES = {t.name: t for t in (
     CacheType("turbo2", GGML_TYPE_TURBO2, 64, 18),
     CacheType("turbo3", GGML_TYPE_TURBO3, 64, 26),
     CacheType("turbo4", GGML_TYPE_TURBO4, 64, 34),
+    CacheType("turbo3t", GGML_TYPE_TURBO3T, 64, 26),
+    CacheType("turbo2t", GGML_TYPE_TURBO2T, 64, 18),
 )}
 
 

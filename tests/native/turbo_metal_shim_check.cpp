@@ -1,7 +1,8 @@
 // Runs the Metal per-block math of the turbo types (csrc/metal/turbo-block.h),
 // compiled as host C++ through the stand-in <metal_stdlib> in metal-host/,
 // against pyturbo's reference (csrc/turbo-quants.c, from the libggml-base it is
-// linked with): the quantize helpers must write the same bytes, and the
+// linked with; csrc/turbo-tcq.c for the trellis-coded types of turbo-tcq-block.h):
+// the quantize helpers must write the same bytes, and the
 // dequantize helpers (16-value and 4-value forms, float and half results) the
 // same values, bit for bit. Built and run by tests/test_metal_shim.py.
 //
@@ -19,6 +20,7 @@
 #include "ggml-common.h"
 #include "turbo-common.h"
 #include "turbo-block.h"
+#include "turbo-tcq-block.h"
 
 // csrc/turbo-quants.c, declared here: its header would bring ggml.h in after
 // the stand-in's address-space macros
@@ -29,6 +31,10 @@ void quantize_row_turbo4_ref(const float * x, void * y, int64_t k);
 void dequantize_row_turbo2(const void * x, float * y, int64_t k);
 void dequantize_row_turbo3(const void * x, float * y, int64_t k);
 void dequantize_row_turbo4(const void * x, float * y, int64_t k);
+void quantize_row_turbo3t_ref(const float * x, void * y, int64_t k);
+void quantize_row_turbo2t_ref(const float * x, void * y, int64_t k);
+void dequantize_row_turbo3t(const void * x, float * y, int64_t k);
+void dequantize_row_turbo2t(const void * x, float * y, int64_t k);
 }
 
 namespace {
@@ -154,6 +160,10 @@ int main() {
                       dequantize_turbo3_t4<float4>, dequantize_turbo3_t4<half4>>("turbo3", x, quantize_row_turbo3_ref, dequantize_row_turbo3);
     failures += check<block_turbo4, quantize_turbo4, dequantize_turbo4<float4x4>, dequantize_turbo4<half4x4>,
                       dequantize_turbo4_t4<float4>, dequantize_turbo4_t4<half4>>("turbo4", x, quantize_row_turbo4_ref, dequantize_row_turbo4);
+    failures += check<block_turbo3t, quantize_turbo3t, dequantize_turbo3t<float4x4>, dequantize_turbo3t<half4x4>,
+                      dequantize_turbo3t_t4<float4>, dequantize_turbo3t_t4<half4>>("turbo3t", x, quantize_row_turbo3t_ref, dequantize_row_turbo3t);
+    failures += check<block_turbo2t, quantize_turbo2t, dequantize_turbo2t<float4x4>, dequantize_turbo2t<half4x4>,
+                      dequantize_turbo2t_t4<float4>, dequantize_turbo2t_t4<half4>>("turbo2t", x, quantize_row_turbo2t_ref, dequantize_row_turbo2t);
     std::printf("%d checks failed\n", failures);
     return failures != 0;
 }

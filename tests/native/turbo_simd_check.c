@@ -10,6 +10,9 @@
 // equal digests on two platforms mean equal codes and scales there (the tests
 // compare an AArch64 build with the host's library).
 //
+// The trellis-coded types (turbo3t, turbo2t) get the same checks (their encoder is the
+// reference's Viterbi search everywhere, so "codes" compares the CPU entry with it).
+//
 // Prints one line per type and check; exits 1 on any mismatch.
 
 #define GGML_COMMON_DECL_C
@@ -19,6 +22,7 @@
 #include "ggml-cpu.h"
 #include "turbo-impl.h"
 #include "turbo-quants.h"
+#include "turbo-tcq.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -145,6 +149,71 @@ static int check(const turbo_kernels * t, const float * x, const float * y) {
     return failures;
 }
 
+// The trellis-coded types: the CPU backend's encoder (from_float) against the reference
+// (same codes), the SIMD decoder against the scalar one (same values), vec_dot, digest.
+typedef void (*quantize_row_t)(const float * x, void * y, int64_t k);
+
+typedef struct {
+    const char *   name;
+    size_t         block_bytes;
+    quantize_row_t quantize_cpu, quantize_ref;
+    dequantize_t   dequantize_simd, dequantize_generic;
+    vec_dot_t      vec_dot;
+} tcq_kernels;
+
+static int check_tcq(const tcq_kernels * t, const float * x, const float * y) {
+    static uint8_t q_cpu[N_ROWS*N_PER_ROW], q_ref[N_ROWS*N_PER_ROW];
+    static float   d_simd[N_PER_ROW], d_generic[N_PER_ROW];
+    const size_t row_bytes = t->block_bytes*(N_PER_ROW/QK_TURBO);
+    int failures = 0;
+
+    for (int r = 0; r < N_ROWS; ++r) {
+        t->quantize_cpu(x + r*N_PER_ROW, q_cpu + r*row_bytes, N_PER_ROW);
+        t->quantize_ref(x + r*N_PER_ROW, q_ref + r*row_bytes, N_PER_ROW);
+    }
+    const int codes_equal = memcmp(q_cpu, q_ref, N_ROWS*row_bytes) == 0;
+    printf("%s codes: %s\n", t->name, codes_equal ? "identical" : "DIFFER");
+    failures += !codes_equal;
+
+    int values_equal = 1;
+    double worst_dot = 0.0;
+    for (int r = 0; r < N_ROWS; ++r) {
+        const void * row = q_ref + r*row_bytes;
+        t->dequantize_simd(row, d_simd, N_PER_ROW);
+        t->dequantize_generic(row, d_generic, N_PER_ROW);
+        values_equal &= memcmp(d_simd, d_generic, sizeof(d_simd)) == 0;
+        float s = 0.0f;
+        double exact = 0.0, norm = 0.0;
+        t->vec_dot(N_PER_ROW, &s, 0, row, 0, y, 0, 1);
+        for (int j = 0; j < N_PER_ROW; ++j) {
+            exact += (double) d_generic[j]*y[j];
+            norm  += fabs((double) d_generic[j]*y[j]);
+        }
+        const double err = norm > 0.0 ? fabs(s - exact)/norm : fabs(s - exact);
+        worst_dot = err > worst_dot ? err : worst_dot;
+    }
+    printf("%s dequantize: %s\n", t->name, values_equal ? "identical" : "DIFFER");
+    failures += !values_equal;
+    const int dot_ok = worst_dot < 1e-5;
+    printf("%s vec_dot: worst relative error %.2e %s\n", t->name, worst_dot, dot_ok ? "ok" : "TOO LARGE");
+    failures += !dot_ok;
+
+    static float xd[N_ROWS*N_PER_ROW];
+    const uint64_t saved_state = rng_state;
+    uint64_t h = 0xcbf29ce484222325ull;
+    rng_state = 0x2545f4914f6cdd1dull;
+    for (int done = 0; done < N_DIGEST_BLOCKS / 4; done += N_ROWS*(N_PER_ROW/QK_TURBO)) {   // the Viterbi search is slower
+        fill_rows(xd);
+        for (int r = 0; r < N_ROWS; ++r) {
+            t->quantize_ref(xd + r*N_PER_ROW, q_ref + r*row_bytes, N_PER_ROW);
+        }
+        h = digest_bytes(h, q_ref, N_ROWS*row_bytes);
+    }
+    rng_state = saved_state;
+    printf("%s reference digest: %016llx\n", t->name, (unsigned long long) h);
+    return failures;
+}
+
 int main(void) {
     static float x[N_ROWS*N_PER_ROW], y[N_PER_ROW];
 #if !defined(PYTURBO_TURBO_ARCH_ARM)
@@ -176,9 +245,19 @@ int main(void) {
     printf("simd: none (generic kernels only)\n");
 #endif
 
+    const tcq_kernels tcq[] = {
+        {"turbo3t", sizeof(block_turbo3t), quantize_row_turbo3t, (quantize_row_t) quantize_row_turbo3t_ref,
+         pyturbo_dequantize_row_turbo3t, pyturbo_dequantize_row_turbo3t_generic, ggml_vec_dot_turbo3t_f32},
+        {"turbo2t", sizeof(block_turbo2t), quantize_row_turbo2t, (quantize_row_t) quantize_row_turbo2t_ref,
+         pyturbo_dequantize_row_turbo2t, pyturbo_dequantize_row_turbo2t_generic, ggml_vec_dot_turbo2t_f32},
+    };
+
     int failures = 0;
     for (size_t i = 0; i < sizeof(kernels)/sizeof(kernels[0]); ++i) {
         failures += check(&kernels[i], x, y);
+    }
+    for (size_t i = 0; i < sizeof(tcq)/sizeof(tcq[0]); ++i) {
+        failures += check_tcq(&tcq[i], x, y);
     }
     printf("%d checks failed\n", failures);
     return failures != 0;

@@ -4,7 +4,7 @@
 // two or four q registers (16, 32, 64 bytes for turbo2/3/4), and each code c
 // is spread to the four byte indices 4c..4c+3 of its float. One vqtbl then
 // gathers four whole floats. The scalar kernels in ../../turbo.c are the
-// reference these must match.
+// reference these must match. The trellis-coded turbo3t/turbo2t decode at the end.
 
 #define GGML_COMMON_IMPL_C
 #include "ggml-common.h"
@@ -133,5 +133,37 @@ void pyturbo_pick_codes(const float * GGML_RESTRICT x, float inv_scale, const fl
 TURBO_DEFINE_KERNELS(2)
 TURBO_DEFINE_KERNELS(3)
 TURBO_DEFINE_KERNELS(4)
+
+// Trellis-coded types: 8 values per step from the 3 (turbo2t) or 4 (turbo3t) bytes at
+// 1 + k*j whose bits 2.. hold their windows (see the x86 kernel); NEON has no gather,
+// so the 8 table values are loaded one by one and scaled 4 at a time.
+static inline void turbo_tcq_dequantize_neon(const uint8_t * GGML_RESTRICT x, size_t block_bytes, int k,
+                                             const float * GGML_RESTRICT table, float * GGML_RESTRICT y, int64_t n) {
+    const uint32_t mask = (64u << k) - 1;
+    for (int64_t i = 0; i < n / QK_TURBO; ++i, x += block_bytes, y += QK_TURBO) {
+        const uint16_t head = (uint16_t) (x[0] | x[1] << 8);
+        const float32x4_t d = vdupq_n_f32(GGML_CPU_FP16_TO_FP32((ggml_fp16_t) ((head & 0x3FF) << 5)));
+        for (int j = 0; j < QK_TURBO / 8; ++j) {
+            const uint8_t * w = x + 1 + k*j;
+            const uint32_t bits = (w[0] | (uint32_t) w[1] << 8 | (uint32_t) w[2] << 16 | (k == 3 ? (uint32_t) w[3] << 24 : 0u)) >> 2;
+            float v[8];
+            for (int l = 0; l < 8; ++l) {
+                v[l] = table[(bits >> (k*l)) & mask];
+            }
+            vst1q_f32(y + 8*j,     vmulq_f32(vld1q_f32(v),     d));
+            vst1q_f32(y + 8*j + 4, vmulq_f32(vld1q_f32(v + 4), d));
+        }
+    }
+}
+
+void pyturbo_dequantize_row_turbo3t(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    assert(k % QK_TURBO3T == 0);
+    turbo_tcq_dequantize_neon((const uint8_t *) x, sizeof(block_turbo3t), 3, kvalues_turbo3t, y, k);
+}
+
+void pyturbo_dequantize_row_turbo2t(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    assert(k % QK_TURBO2T == 0);
+    turbo_tcq_dequantize_neon((const uint8_t *) x, sizeof(block_turbo2t), 2, kvalues_turbo2t, y, k);
+}
 
 #endif // PYTURBO_TURBO_ARCH_ARM

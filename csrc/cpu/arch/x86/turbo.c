@@ -6,7 +6,8 @@
 // select the same value), AVX2 permutevar8x32 looks up 8 lanes in an 8-entry
 // table (turbo4: two lookups and a blend on bit 3 of the code). Values come out
 // unscaled; callers multiply by the block scale once. The scalar kernels in
-// ../../turbo.c are the reference these must match.
+// ../../turbo.c are the reference these must match. The trellis-coded types turbo3t and
+// turbo2t decode by AVX2 gathers from their 512/256-entry tables (at the end).
 
 #define GGML_COMMON_IMPL_C
 #include "ggml-common.h"
@@ -206,5 +207,36 @@ void pyturbo_pick_codes(const float * GGML_RESTRICT x, float inv_scale, const fl
 TURBO_DEFINE_KERNELS(2)
 TURBO_DEFINE_KERNELS(3)
 TURBO_DEFINE_KERNELS(4)
+
+// Trellis-coded types: 8 values per step. Value i's state is the window of 6+k bits at
+// bit 10+k*i of the block, so the windows of values 8j..8j+7 all lie in the 3 bytes
+// (turbo2t) or 4 bytes (turbo3t) from byte 1 + k*j, starting at bit 2: one broadcast,
+// a per-lane variable shift and a mask give the 8 states, a gather the 8 table values.
+static inline void turbo_tcq_dequantize_avx2(const uint8_t * GGML_RESTRICT x, size_t block_bytes, int k,
+                                             const float * GGML_RESTRICT table, float * GGML_RESTRICT y, int64_t n) {
+    const __m256i step  = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i shift = _mm256_add_epi32(_mm256_set1_epi32(2), _mm256_mullo_epi32(step, _mm256_set1_epi32(k)));
+    const __m256i mask  = _mm256_set1_epi32((64 << k) - 1);
+    for (int64_t i = 0; i < n / QK_TURBO; ++i, x += block_bytes, y += QK_TURBO) {
+        const uint16_t head = (uint16_t) (x[0] | x[1] << 8);
+        const __m256 d = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32((ggml_fp16_t) ((head & 0x3FF) << 5)));
+        for (int j = 0; j < QK_TURBO / 8; ++j) {
+            const uint8_t * w = x + 1 + k*j;   // the last turbo2t window ends at the block's last byte
+            const uint32_t bits = w[0] | (uint32_t) w[1] << 8 | (uint32_t) w[2] << 16 | (k == 3 ? (uint32_t) w[3] << 24 : 0u);
+            const __m256i state = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) bits), shift), mask);
+            _mm256_storeu_ps(y + 8*j, _mm256_mul_ps(_mm256_i32gather_ps(table, state, 4), d));
+        }
+    }
+}
+
+void pyturbo_dequantize_row_turbo3t(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    assert(k % QK_TURBO3T == 0);
+    turbo_tcq_dequantize_avx2((const uint8_t *) x, sizeof(block_turbo3t), 3, kvalues_turbo3t, y, k);
+}
+
+void pyturbo_dequantize_row_turbo2t(const void * GGML_RESTRICT x, float * GGML_RESTRICT y, int64_t k) {
+    assert(k % QK_TURBO2T == 0);
+    turbo_tcq_dequantize_avx2((const uint8_t *) x, sizeof(block_turbo2t), 2, kvalues_turbo2t, y, k);
+}
 
 #endif // PYTURBO_TURBO_ARCH_X86
