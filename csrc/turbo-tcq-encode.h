@@ -117,7 +117,11 @@ static void tcq_put_bits(uint8_t * out, int pos, int n, unsigned value) {
     }
 }
 
-static void tcq_quantize_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT values, int k, uint8_t * GGML_RESTRICT out, int block_bytes) {
+// A Viterbi search: states[QK_TURBO] of the best walk for unit-scale y, and its squared error.
+typedef float (*tcq_viterbi_t)(const float * GGML_RESTRICT y, const float * GGML_RESTRICT values, int k, uint16_t * GGML_RESTRICT states);
+
+static void tcq_quantize_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT values, int k,
+                               uint8_t * GGML_RESTRICT out, int block_bytes, tcq_viterbi_t viterbi) {
     memset(out, 0, block_bytes);
     float sumsq = 0.0f;
     for (int j = 0; j < QK_TURBO; ++j) {
@@ -136,7 +140,7 @@ static void tcq_quantize_block(const float * GGML_RESTRICT x, const float * GGML
     for (int j = 0; j < QK_TURBO; ++j) {
         y[j] = x[j] * inv;
     }
-    tcq_viterbi(y, values, k, states);
+    viterbi(y, values, k, states);
 
     float cc = 0.0f;
     for (int j = 0; j < QK_TURBO; ++j) {

@@ -42,14 +42,14 @@ static void tcq_dequantize_block(const uint8_t * block, int block_bytes, int k, 
 void quantize_row_turbo3t_ref(const float * GGML_RESTRICT x, block_turbo3t * GGML_RESTRICT y, int64_t k) {
     assert(k % QK_TURBO3T == 0);
     for (int64_t i = 0; i < k / QK_TURBO3T; ++i) {
-        tcq_quantize_block(x + i * QK_TURBO3T, kvalues_turbo3t, 3, (uint8_t *) (y + i), sizeof(block_turbo3t));
+        tcq_quantize_block(x + i * QK_TURBO3T, kvalues_turbo3t, 3, (uint8_t *) (y + i), sizeof(block_turbo3t), tcq_viterbi);
     }
 }
 
 void quantize_row_turbo2t_ref(const float * GGML_RESTRICT x, block_turbo2t * GGML_RESTRICT y, int64_t k) {
     assert(k % QK_TURBO2T == 0);
     for (int64_t i = 0; i < k / QK_TURBO2T; ++i) {
-        tcq_quantize_block(x + i * QK_TURBO2T, kvalues_turbo2t, 2, (uint8_t *) (y + i), sizeof(block_turbo2t));
+        tcq_quantize_block(x + i * QK_TURBO2T, kvalues_turbo2t, 2, (uint8_t *) (y + i), sizeof(block_turbo2t), tcq_viterbi);
     }
 }
 

@@ -9,7 +9,7 @@ from pyturbo import state
 from tiny_gguf import write_tiny_llama
 
 PROMPT = "The quick brown fox jumps over the lazy dog because it"
-TURBO_PAIRS = [("turbo3", "turbo3"), ("turbo4", "turbo2"), ("q8_0", "turbo3")]
+TURBO_PAIRS = [("turbo3", "turbo3"), ("turbo4", "turbo2"), ("q8_0", "turbo3"), ("turbo3t", "turbo2t")]
 
 
 def continue_greedily(ctx, n: int = 24) -> str:

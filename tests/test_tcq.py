@@ -165,3 +165,58 @@ def test_trellis_types_are_listed_with_stable_ids():
 
 def ggml_type_name(type_id: int) -> str:
     return _native.ffi.string(_native.ggml.ggml_type_name(type_id)).decode()
+
+
+# -- in llama.cpp ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache_k, cache_v", [("turbo3t", "turbo3t"), ("q8_0", "turbo3t"), ("turbo3t", "f16"),
+                                              ("turbo2t", "turbo2t"), ("turbo4", "turbo2t")])
+def test_trellis_pairs_generate_on_smollm2(smol_model, cache_k, cache_v):
+    with smol_model.context(n_ctx=256, cache_k=cache_k, cache_v=cache_v, flash_attn="on") as ctx:
+        text = ctx.complete("1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=8)
+    assert ctx.last_stats.n_gen == 8
+    assert re.fullmatch(r"[\d,\s]+", text), text
+    if cache_k != "turbo2t":
+        assert text.startswith(" 9, 10,"), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, bits", [("turbo3t", 3.25), ("turbo2t", 2.25)])
+def test_kv_bytes_per_token_match_the_bits_per_value(smol_model, name, bits):
+    with smol_model.context(n_ctx=4096, cache_k=name, cache_v=name, flash_attn="on") as ctx:
+        kv = ctx.kv_cache_bytes()
+    expected = 4096 * smol_model.n_layer * smol_model.n_head_kv * smol_model.head_size_k * bits / 8
+    assert kv["k"] == kv["v"] == pytest.approx(expected, abs=5 * 1024)
+
+
+@pytest.mark.slow
+def test_context_shift_requantizes_trellis_keys(smol_model):
+    # the shift rotates K in f32 and encodes it again (CPY f32 -> turbo3t, a Viterbi search)
+    with smol_model.context(n_ctx=256, cache_k="turbo3t", cache_v="turbo3t", flash_attn="on") as ctx:
+        text = ctx.complete("1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=400, context_shift=True)
+    assert ctx.last_stats.n_gen == 400
+    tail = text[-80:]
+    assert sum(c.isdigit() for c in tail) > 20 and "," in tail
+
+
+def test_trellis_k_without_flash_attention_matches_the_flash_attention_path(tiny_model):
+    tokens = list(range(3, 3 + 200))
+    logits = {}
+    for cache_k, fa in (("f16", "on"), ("turbo3t", "off"), ("turbo3t", "on")):
+        with tiny_model.context(n_ctx=256, cache_k=cache_k, cache_v="f16", flash_attn=fa, kv_transform="off") as ctx:
+            logits[cache_k, fa] = ctx.score(tokens)
+    off, on, f16 = logits["turbo3t", "off"], logits["turbo3t", "on"], logits["f16", "on"]
+    # measured 0.14 against 1.06 (q4_0 keys: 0.11 against 0.71): the two paths round differently
+    assert abs(off - on).max() < 0.2 * abs(on - f16).max()
+    assert (off.argmax(1) == on.argmax(1)).mean() >= 0.97
+
+
+@pytest.mark.slow
+def test_trellis_caches_cost_less_kld_than_the_scalar_ones_at_the_same_bits(smol_model):
+    from pyturbo.kl_divergence import kld
+    results = {f"{r.type_k}/{r.type_v}": r.kld for r in
+               kld(smol_model, ["turbo3/turbo3", "turbo3t/turbo3t", "turbo2/turbo2", "turbo2t/turbo2t"],
+                   chunks=2, progress=False)}
+    assert results["turbo3t/turbo3t"] < 0.85 * results["turbo3/turbo3"], results
+    assert results["turbo2t/turbo2t"] < 0.85 * results["turbo2/turbo2"], results
