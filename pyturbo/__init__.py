@@ -15,9 +15,11 @@ from .context import Context, GenerationStats
 from .errors import (
     BackendError,
     CacheTypeError,
+    CheckpointError,
     ContextBusyError,
     ContextError,
     ContextOverflowError,
+    ConvertError,
     DownloadError,
     InvalidModelError,
     LibraryError,
@@ -40,5 +42,6 @@ __all__ = [
     "default_model", "cache_dir", "GGML_TYPE_TURBO2", "GGML_TYPE_TURBO3", "GGML_TYPE_TURBO4",
     "PyturboError", "LibraryError", "ModelNotFoundError", "InvalidModelError", "CacheTypeError",
     "ContextError", "ContextOverflowError", "ContextBusyError", "StateError", "PyturboWarning", "DownloadError",
-    "QuantizeResult", "QuantizeError", "WeightTypeError", "RPCError", "BackendError",
+    "QuantizeResult", "QuantizeError", "WeightTypeError", "RPCError", "BackendError", "CheckpointError",
+    "ConvertError",
 ]
