@@ -144,7 +144,6 @@ def main(argv: "list[str] | None" = None) -> int:
     for path in [converted, *quantized]:
         if path.exists() and not args.force:
             raise ConvertError(f"the output exists: {path}; pass --force to replace it")
-    converted.parent.mkdir(parents=True, exist_ok=True)
     needed = checkpoint.output_bytes(args.outtype) + sum(quant_bytes(checkpoint, q) for q in quants)
     check_free_space(converted.parent, needed, f"{converted.name} and {len(quantized)} quant(s)")
 

@@ -18,15 +18,16 @@ vendor/llama.cpp. It runs in a child process of this interpreter and needs the
 from __future__ import annotations
 
 import ast
+import collections
 import importlib.util
 import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ OUTTYPE_BYTES_PER_WEIGHT = {"f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32}
 # merges.txt), SentencePiece (tokenizer.model), WordPiece (vocab.txt), Mistral's tekken, tiktoken.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tekken.json")
 TOKENIZER_SUFFIXES = (".tiktoken",)
+# The converter's output lines kept for its error: a traceback's end, or its ERROR line.
+LOG_TAIL_LINES = 400
 # A safetensors header longer than this is not one (the format's own limit is 100 MB).
 MAX_SAFETENSORS_HEADER = 100_000_000
 _SAFETENSORS_ITEM_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
@@ -225,7 +228,11 @@ def inspect_checkpoint(path: "str | os.PathLike", converter: "Path | None" = Non
 
 
 def check_free_space(folder: Path, needed: int, what: str) -> None:
-    """Refuse before writing when the disk holding folder has less than needed bytes free."""
+    """Refuse before writing when the disk holding folder (made later, if it is not there yet) has
+    less than needed bytes free."""
+    folder = Path(folder).absolute()
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise ConvertError(f"not enough disk space for {what}: about {format_size(needed)} needed, "
@@ -289,25 +296,37 @@ def _follow_size(path: Path, bar: tqdm, finished: threading.Event) -> None:
 
 
 def _run_converter(converter: Path, args: list, partial: Path, bar: tqdm, verbose: bool) -> None:
+    """convert_hf_to_gguf.py in a child process of this interpreter; its output is kept for the error
+    (and shown with verbose), the bar follows the file it writes."""
     env = dict(os.environ)
     env.pop("NO_LOCAL_GGUF", None)  # the converter then puts the pin's gguf-py first on sys.path
     command = [sys.executable, str(converter / CONVERTER_SCRIPT), *args]
+    # Its last lines say why it failed: an exception, or its own ERROR line.
+    tail = collections.deque(maxlen=LOG_TAIL_LINES)
     finished = threading.Event()
     watcher = threading.Thread(target=_follow_size, args=(partial, bar, finished), daemon=True)
-    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as log:
-        watcher.start()
-        try:
-            done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=None if verbose else subprocess.STDOUT, env=env)
-        finally:
-            finished.set()
-            watcher.join()
-        log.seek(0)
-        output = log.read()
-    if done.returncode != 0:
-        if verbose:
-            sys.stderr.write(output)
-        reason = failure_reason(output)
+    watcher.start()
+    try:
+        with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=env, text=True, encoding="utf-8", errors="replace") as child:
+            try:
+                for line in child.stdout:
+                    tail.append(line)
+                    if verbose:
+                        sys.stderr.write(line)
+                child.wait()
+            except BaseException:
+                child.kill()
+                raise
+    finally:
+        finished.set()
+        watcher.join()
+    if child.returncode < 0:
+        killed = signal.Signals(-child.returncode).name
+        raise ConvertError(f"could not convert {args[0]}: the converter was killed by {killed}"
+                           + (" (out of memory?)" if killed == "SIGKILL" else ""))
+    if child.returncode != 0:
+        reason = failure_reason("".join(tail))
         error = CheckpointError if reason.startswith("the pinned llama.cpp converter does not") else ConvertError
         raise error(f"could not convert {args[0]}: {reason}")
 
@@ -332,9 +351,9 @@ def convert(hf_dir: "str | os.PathLike", dst: "str | os.PathLike", outtype: str 
         raise ConvertError(f"the output {dst} is a folder; name the .gguf file to write")
     if dst.exists() and not overwrite:
         raise ConvertError(f"the output exists: {dst}; pass overwrite=True (--force) to replace it")
-    dst.parent.mkdir(parents=True, exist_ok=True)
     estimate = checkpoint.output_bytes(outtype)
     check_free_space(dst.parent, estimate, dst.name)
+    dst.parent.mkdir(parents=True, exist_ok=True)
 
     partial = partial_name(dst)
     args = [str(checkpoint.path), "--outfile", str(partial), "--outtype", outtype]

@@ -184,3 +184,10 @@ def test_the_command_line_error_has_no_traceback(tmp_path):
 def test_errors_are_exported():
     assert issubclass(pyturbo.CheckpointError, pyturbo.PyturboError)
     assert issubclass(pyturbo.ConvertError, pyturbo.PyturboError)
+
+
+def test_a_refusal_makes_no_output_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hf_checkpoint.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
+    code, _, stderr = run_cli(capsys, [fake_checkpoint(tmp_path / "model"), "-o", tmp_path / "new" / "sub" / "x.gguf"])
+    assert code == 2 and "not enough disk space" in stderr
+    assert not (tmp_path / "new").exists()
