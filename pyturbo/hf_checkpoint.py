@@ -57,6 +57,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt
 TOKENIZER_SUFFIXES = (".tiktoken",)
 # The converter's output lines kept for its error: a traceback's end, or its ERROR line.
 LOG_TAIL_LINES = 400
+# Free bytes below which a failed write is put down to a full disk.
+DISK_FULL_BYTES = 1 << 20
 # A safetensors header longer than this is not one (the format's own limit is 100 MB).
 MAX_SAFETENSORS_HEADER = 100_000_000
 _SAFETENSORS_ITEM_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
@@ -267,9 +269,10 @@ _UNSUPPORTED = re.compile(r"Model (\S+) is not supported")
 _EXCEPTION_LINE = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception)): (.*)$")
 
 
-def failure_reason(log: str) -> str:
-    """One line saying why the converter failed, from what it wrote to stderr."""
-    if "No space left on device" in log:
+def failure_reason(log: str, free_bytes: "int | None" = None) -> str:
+    """One line saying why the converter failed, from what it wrote and the space left where it wrote
+    (Python's buffered writer reports a full disk as a short write, without ENOSPC's words)."""
+    if "No space left on device" in log or (free_bytes is not None and free_bytes < DISK_FULL_BYTES):
         return "the disk filled up while writing (No space left on device)"
     if match := _UNSUPPORTED.search(log):
         return f"the pinned llama.cpp converter does not support the architecture {match.group(1)}"
@@ -326,7 +329,7 @@ def _run_converter(converter: Path, args: list, partial: Path, bar: tqdm, verbos
         raise ConvertError(f"could not convert {args[0]}: the converter was killed by {killed}"
                            + (" (out of memory?)" if killed == "SIGKILL" else ""))
     if child.returncode != 0:
-        reason = failure_reason("".join(tail))
+        reason = failure_reason("".join(tail), shutil.disk_usage(partial.parent).free)
         error = CheckpointError if reason.startswith("the pinned llama.cpp converter does not") else ConvertError
         raise error(f"could not convert {args[0]}: {reason}")
 

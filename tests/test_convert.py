@@ -116,6 +116,10 @@ def test_converter_failures_become_one_line():
                           "device\n").startswith("the disk filled up")
     assert failure_reason("Traceback (most recent call last):\n  File \"x\"\nKeyError: 'hidden_size'\n") == \
         "KeyError: 'hidden_size'"
+    # a full disk as Python's buffered writer reports it: a short write, told apart by the space left
+    short_write = "Traceback (most recent call last):\nOSError: 32768 requested and 26320 written\n"
+    assert failure_reason(short_write, free_bytes=0).startswith("the disk filled up")
+    assert failure_reason(short_write, free_bytes=10 << 30) == "OSError: 32768 requested and 26320 written"
 
 
 @pytest.mark.parametrize("case, pattern", [
