@@ -38,6 +38,7 @@ PROG = "python -m pyturbo.convert"
 # turbo3 values (the best KLD per bit of fit's table among turbo pairs), else plain q8_0, else f16.
 RUN_IT_PAIRS = (("q8_0", "turbo3"), ("q8_0", "q8_0"), ("f16", "f16"))
 RUN_IT_PROMPT = "Once upon a time"
+RUN_IT_CONTEXT = 4096  # python -m pyturbo.run's default -c
 # A budget to show in the `fit` hint when none was given.
 EXAMPLE_BUDGET = "8GiB"
 
@@ -62,15 +63,17 @@ def quant_bytes(checkpoint, quant: str) -> int:
 
 
 def run_it_line(path: Path) -> str:
-    """`Run it:` with the first of RUN_IT_PAIRS this model's heads allow."""
+    """`Run it:` with the first of RUN_IT_PAIRS this model's heads allow, in run's default context or
+    the training context where that is shorter."""
     geometry = model_geometry(read_gguf_header(path))
+    n_ctx = min(RUN_IT_CONTEXT, geometry.n_ctx_train) if geometry.n_ctx_train else RUN_IT_CONTEXT
     for k, v in RUN_IT_PAIRS:
         try:
             check_cache(cache_type(k), cache_type(v), "auto", geometry)
         except CacheTypeError:
             continue
-        return f'Run it: python -m pyturbo.run {path} -ctk {k} -ctv {v} -p "{RUN_IT_PROMPT}"'
-    return f'Run it: python -m pyturbo.run {path} -p "{RUN_IT_PROMPT}"'
+        return f'Run it: python -m pyturbo.run {path} -c {n_ctx} -ctk {k} -ctv {v} -p "{RUN_IT_PROMPT}"'
+    return f'Run it: python -m pyturbo.run {path} -c {n_ctx} -p "{RUN_IT_PROMPT}"'
 
 
 def _tool(module: str, *args: str) -> str:
