@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ._cli import ArgumentParser, add_threads_flag, add_verbose_flag, run_main, setup_logging, str_list
 from .cache_types import cache_type, check_cache
-from .errors import CacheTypeError, ConvertError
+from .errors import CacheTypeError, ConvertError, PyturboError
 from .gguf import read_gguf_header
 from .hf_checkpoint import OUTTYPE_BYTES_PER_WEIGHT, check_free_space, convert, converter_dir, inspect_checkpoint
 from .units import parse_size
@@ -159,14 +159,24 @@ def main(argv: "list[str] | None" = None) -> int:
         print(done.summary())
     final = quantized[-1] if quantized else converted
     print()
-    sys.stdout.write(_tool("pyturbo.info", str(final)))
-    print()
-    if args.memory is not None:
-        print("\n".join(planner_lines(final, args.memory)))
-    else:
-        print(run_it_line(final))
-        print(f"Plan a context for your memory: python -m pyturbo.fit {final} --memory {EXAMPLE_BUDGET}")
+    print(report(final, args.memory))
     return 0
+
+
+def report(final: Path, memory: "str | None") -> str:
+    """What info (and, with a budget, fit) say of the file made, with a `Run it:` line. The files are
+    written by then: a model these header readers do not take costs the report, not the exit code."""
+    try:
+        lines = [_tool("pyturbo.info", str(final))]
+        if memory is not None:
+            lines += planner_lines(final, memory)
+        else:
+            lines += [run_it_line(final),
+                      f"Plan a context for your memory: python -m pyturbo.fit {final} --memory {EXAMPLE_BUDGET}"]
+    except (PyturboError, ValueError) as e:
+        print(f"{PROG}: note: {final} is written, but pyturbo cannot describe it: {e}", file=sys.stderr)
+        return f'Run it: python -m pyturbo.run {final} -p "{RUN_IT_PROMPT}"'
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -195,3 +195,13 @@ def test_a_refusal_makes_no_output_folder(tmp_path, capsys, monkeypatch):
     code, _, stderr = run_cli(capsys, [fake_checkpoint(tmp_path / "model"), "-o", tmp_path / "new" / "sub" / "x.gguf"])
     assert code == 2 and "not enough disk space" in stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_file_the_header_readers_refuse_still_ends_with_run_it(tmp_path, capsys):
+    from pyturbo.convert import report
+
+    not_a_model = tmp_path / "x.gguf"
+    not_a_model.write_bytes(b"GGUF" + bytes(20))
+    lines = report(not_a_model, None).splitlines()
+    assert lines == [f'Run it: python -m pyturbo.run {not_a_model} -p "Once upon a time"']
+    assert capsys.readouterr().err.startswith(f"{PROG}: note: {not_a_model} is written, but pyturbo cannot describe it")
