@@ -34,8 +34,9 @@ from .weights import WEIGHT_TYPES, quantize, weight_type
 
 PROG = "python -m pyturbo.convert"
 
-# The cache pairs a `Run it:` line without --memory suggests, the first the model can use: q8_0 keys with
-# turbo3 values (the best KLD per bit of fit's table among turbo pairs), else plain q8_0, else f16.
+# The cache pairs a `Run it:` line without --memory suggests, the first the model can use: 8-bit keys
+# (a low-bit K costs more than a low-bit V, README "Low-bit K and V") with turbo3 values, else plain
+# q8_0 (head sizes without the rotation turbo needs), else f16.
 RUN_IT_PAIRS = (("q8_0", "turbo3"), ("q8_0", "q8_0"), ("f16", "f16"))
 RUN_IT_PROMPT = "Once upon a time"
 RUN_IT_CONTEXT = 4096  # python -m pyturbo.run's default -c
