@@ -15,9 +15,11 @@ from .context import Context, GenerationStats
 from .errors import (
     BackendError,
     CacheTypeError,
+    CheckpointError,
     ContextBusyError,
     ContextError,
     ContextOverflowError,
+    ConvertError,
     DownloadError,
     InvalidModelError,
     LibraryError,
@@ -42,5 +44,6 @@ __all__ = [
     "GGML_TYPE_TURBO3T", "GGML_TYPE_TURBO2T",
     "PyturboError", "LibraryError", "ModelNotFoundError", "InvalidModelError", "CacheTypeError",
     "ContextError", "ContextOverflowError", "ContextBusyError", "StateError", "PyturboWarning", "DownloadError",
-    "QuantizeResult", "QuantizeError", "WeightTypeError", "RPCError", "BackendError",
+    "QuantizeResult", "QuantizeError", "WeightTypeError", "RPCError", "BackendError", "CheckpointError",
+    "ConvertError",
 ]

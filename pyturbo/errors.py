@@ -64,3 +64,13 @@ class RPCError(PyturboError, ConnectionError):
 class BackendError(ContextError):
     """llama.cpp's backend gave up in the middle of a call (ggml aborted: a lost RPC worker,
     a failed assertion). The model and its contexts are unusable; pyturbo leaves them unfreed."""
+
+
+class CheckpointError(PyturboError, ValueError):
+    """A folder that is not a Hugging Face checkpoint the pinned converter takes (no config.json, an
+    architecture it does not know, no weights, no tokenizer)."""
+
+
+class ConvertError(PyturboError, RuntimeError):
+    """A conversion was refused (existing output, too little disk, the convert extra missing) or
+    llama.cpp's converter failed."""

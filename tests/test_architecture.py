@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pyturbo"
 MAX_MODULE_LINES = 500
 # Command-line modules: each a `python -m` entry point. Nothing else may import them.
 TOOLS = {"pyturbo.run", "pyturbo.bench", "pyturbo.eval", "pyturbo.fit", "pyturbo.quantize", "pyturbo.info",
-         "pyturbo.selftest", "pyturbo.server", "pyturbo.rpc_worker", "pyturbo.llama_cpp.server"}
+         "pyturbo.selftest", "pyturbo.server", "pyturbo.rpc_worker", "pyturbo.llama_cpp.server", "pyturbo.convert"}
 # Modules that work from a GGUF header (or from nothing) and must not reach for the inference
 # stack; with every pyturbo.upstream module.
 HEADER_ONLY = {"pyturbo.gguf", "pyturbo.units", "pyturbo.errors", "pyturbo.host", "pyturbo.cache_types",
