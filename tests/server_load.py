@@ -120,7 +120,10 @@ def run_requests(base: str, questions: "list[str]", clients: int, max_tokens: in
     bar = tqdm(total=len(questions), desc=label, leave=False, file=sys.stderr)
 
     def client_loop() -> None:
-        with httpx.Client() as client:
+        # a new connection per request: llama-server closes a kept-alive connection its temporary
+        # HTTP threads served (more clients than its fixed threads) without saying so, and a client
+        # that reuses one gets "Server disconnected without sending a response" (clients retry those)
+        with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
             while True:
                 try:
                     i = work.get_nowait()
@@ -157,6 +160,7 @@ class PairResult:
     max_s: float = 0.0
     wall_s: float = 0.0
     examples: "dict[str, list[str]]" = field(default_factory=dict)  # request -> [concurrent, sequential]
+    errors: "list[str]" = field(default_factory=list)   # requests not answered, and why
 
 
 def complete(answer: Answer) -> bool:
@@ -176,6 +180,9 @@ def measure(base: str, pair: str, prompt_set: str, clients: int, max_tokens: int
                         p50_s=percentile(latencies, 0.5), p95_s=percentile(latencies, 0.95), max_s=max(latencies),
                         wall_s=wall)
     for i, (c, s) in enumerate(zip(concurrent, sequential)):
+        for run, a in (("concurrent", c), ("sequential", s)):
+            if not complete(a):
+                result.errors.append(f"{i} {run}: status {a.status}, done {a.done}, finish {a.finish!r}, {a.error}")
         if c.text != s.text:
             result.differing.append(i)
             result.examples[str(i)] = [c.text, s.text]
