@@ -50,6 +50,6 @@ def test_each_sequence_in_a_batch_equals_it_alone_bit_for_bit_whatever_the_other
     for type_k, type_v, path, fill, max_diff, max_err, max_out, runs in results:
         case = f"{type_k}/{type_v} {path} {fill}"
         assert int(runs) >= 6, case
-        assert float(max_out) > 0.3, f"{case}: an all-zero output proves nothing"
+        assert float(max_out) > 0.1, f"{case}: an all-zero output proves nothing"
         assert float(max_diff) == 0.0, f"{case}: the sequence in a batch differs from it alone by {max_diff}"
         assert float(max_err) < 1e-5 * float(max_out), f"{case}: {max_err} from the float64 softmax"

@@ -7,7 +7,7 @@
 //
 //  - score s = Q.K as one FMA chain over the head dimension (simd_gemm, whose every
 //    element is such a chain whatever the matrix shape), softcap, + slope*mask;
-//  - the row's visible cells form segments of SEGMENT cells (the 1st..512th, ...);
+//  - the row's visible cells form segments of SEGMENT cells (the 1st..2048th, ...);
 //    in a segment, cell by cell: a score above the running max M rescales the
 //    accumulator by expf(M_old - s), then O += p*V and S += p with p = exp(s - M)
 //    (the vectorized exp, elementwise) as one FMA chain per element (S rides in
@@ -32,7 +32,7 @@ namespace {
 
 constexpr int Q_TILE  = 64;    // query rows per tile
 constexpr int KV_TILE = 64;    // K/V cells per tile
-constexpr int64_t SEGMENT = 512;   // visible cells per segment of a row: the unit of the KV split
+constexpr int64_t SEGMENT = 2048;  // visible cells per segment of a row: the unit of the KV split
 
 // Running state of the rows of a tile, in the scratch. O rows are DV + 1 wide, S last.
 struct fattn_rows {

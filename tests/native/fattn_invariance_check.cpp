@@ -96,7 +96,7 @@ int main() {
     const scenario scenarios[] = {
         {"decode", 300, 1, 1300, 3, 4},     // one token of A with three others: token segments
         {"prefill", 150, 40, 700, 60, 3},   // 40 tokens of A among 60 of B: query tiles of both
-        {"split", 1500, 1, 3100, 1, 2},     // 1500 visible cells: three segments across threads
+        {"split", 2600, 1, 4100, 1, 2},     // 2600 visible cells: two segments across threads
     };
     std::mt19937 rng(7);
     std::normal_distribution<float> normal(0.0f, 1.0f);

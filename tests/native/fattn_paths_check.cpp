@@ -79,7 +79,8 @@ int main() {
     std::mt19937 rng(42);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (const auto & pair : pairs) {
-        // 200 cells: one segment; 1000 cells: a lone row's two segments on two threads
+        // 200 and 1000 cells: one segment of a lone row's cells (tests/native/fattn_invariance_check
+        // splits 2600 across threads)
         for (int n_kv : {200, 1000}) {
             const attention_case c = { pair[0], pair[1], 64, n_kv, 9, 3 };
             std::vector<float> q((size_t) c.n_head*n_query*c.head_size);
