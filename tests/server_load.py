@@ -190,9 +190,10 @@ def measure(base: str, pair: str, prompt_set: str, clients: int, max_tokens: int
 
 
 def run_pair(model: str, pair: str, prompt_sets: "list[str]", log: Path, clients: int = 16, parallel: int = 4,
-             n_ctx: int = 8192, max_tokens: int = 24) -> "list[PairResult]":
+             n_ctx: int = 8192, max_tokens: int = 24, server_args: "tuple[str, ...]" = ()) -> "list[PairResult]":
     cache_k, cache_v = pair.split("/")
-    base, process = start_server(model, cache_k, cache_v, log, "-c", str(n_ctx), "--parallel", str(parallel))
+    base, process = start_server(model, cache_k, cache_v, log, "-c", str(n_ctx), "--parallel", str(parallel),
+                                 *server_args)
     try:
         return [measure(base, pair, prompt_set, clients, max_tokens) for prompt_set in prompt_sets]
     finally:
@@ -206,18 +207,21 @@ def main(argv: "list[str] | None" = None) -> int:
     parser.add_argument("--prompt-sets", nargs="+", default=list(PROMPT_SETS), choices=list(PROMPT_SETS))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp"))
+    parser.add_argument("--threads", type=int, default=None, help="the server's -t (default: llama-server's)")
     args = parser.parse_args(argv)
     import pyturbo
     model = args.model or str(pyturbo.default_model())
     results = []
     for pair in args.pairs:
-        for r in run_pair(model, pair, args.prompt_sets, args.log_dir / f"server-load-{pair.replace('/', '-')}.log"):
+        log = args.log_dir / f"server-load-{pair.replace('/', '-')}.log"
+        server_args = ("-t", str(args.threads)) if args.threads else ()
+        for r in run_pair(model, pair, args.prompt_sets, log, server_args=server_args):
             results.append(r)
             print(f"{r.pair:14} {r.prompt_set:8} answered {r.answered}/{r.requests}  5xx {r.server_errors}  "
                   f"differing {len(r.differing)}  p50 {r.p50_s:.2f}s p95 {r.p95_s:.2f}s max {r.max_s:.2f}s  "
                   f"wall {r.wall_s:.1f}s", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
+            if args.json:   # after each pair: a long run stopped midway keeps what it measured
+                args.json.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     return 0 if all(r.answered == r.requests and not r.server_errors and not r.differing for r in results) else 1
 
 
