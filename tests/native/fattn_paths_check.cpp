@@ -1,9 +1,9 @@
-// pyturbo's CPU flash attention (csrc/cpu/turbo-fattn.cpp) takes one of three paths
-// for the same op: dot products for a few query rows, a GEMM for many, and a split
-// of the KV sequence across threads when there are few query tiles. Run through
-// ggml's public API on random data, every path must give what the others give, to
-// float rounding: this prints the largest difference between each query row
-// computed alone and the same row computed in a batch, per K/V pair and KV length.
+// pyturbo's CPU flash attention (csrc/cpu/turbo-fattn.cpp) cuts the same op two ways:
+// query tiles of many rows, or a few tokens' rows over segments of their cells spread
+// across threads. Run through ggml's public API on random data, both must give what
+// the other gives, bit for bit (one reduction order, csrc/cpu/turbo-fattn-reduce.h):
+// this prints the largest difference between each query row computed alone and the
+// same row computed in a batch, per K/V pair and KV length.
 //
 //     fattn_paths_check            (links to pyturbo's libggml, libggml-base, libggml-cpu)
 //
@@ -75,11 +75,12 @@ int main() {
         {GGML_TYPE_Q8_0, GGML_TYPE_Q8_0}, {GGML_TYPE_Q8_0, GGML_TYPE_F16}, {GGML_TYPE_Q4_0, GGML_TYPE_Q4_0},
         {TURBO2, TURBO2}, {TURBO3, TURBO3}, {TURBO4, TURBO4}, {GGML_TYPE_Q8_0, TURBO3}, {TURBO4, GGML_TYPE_F16},
     };
-    const int n_query = 12;   // x3 heads per KV head: 36 rows, the GEMM path; one row alone: dot products
+    const int n_query = 12;   // x3 heads per KV head: 36 rows, query tiles; one row alone: token segments
     std::mt19937 rng(42);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (const auto & pair : pairs) {
-        // 200 cells: one chunk; 1000 cells: a lone row's KV sequence is split across threads
+        // 200 and 1000 cells: one segment of a lone row's cells (tests/native/fattn_invariance_check
+        // splits 2600 across threads)
         for (int n_kv : {200, 1000}) {
             const attention_case c = { pair[0], pair[1], 64, n_kv, 9, 3 };
             std::vector<float> q((size_t) c.n_head*n_query*c.head_size);
