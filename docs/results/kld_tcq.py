@@ -95,6 +95,8 @@ def plot(result: dict, path: Path) -> None:
 
 
 def speed_table(records: list) -> list:
+    if not records:
+        return ["Not measured in this run (--depths '')."]
     by = {}
     for r in records:
         test = "pp512" if r["n_prompt"] else "tg32"
@@ -137,7 +139,7 @@ def main() -> int:
     parser.add_argument("model", nargs="?", default=None)
     parser.add_argument("--chunks", type=int, default=10)
     parser.add_argument("--name", default="smollm2")
-    parser.add_argument("--depths", default="4096,8192")
+    parser.add_argument("--depths", default="4096,8192", help="'' skips the speed runs")
     parser.add_argument("--repetitions", type=int, default=2)
     parser.add_argument("--render", action="store_true", help="the page again from the JSON")
     args = parser.parse_args()
@@ -149,7 +151,7 @@ def main() -> int:
         model = args.model or default_model()
         result = {"model": Path(model).name, "chunks": args.chunks, "depths": args.depths,
                   **measure_kld(model, args.chunks)}
-        result["speed"] = measure_speed(model, args.depths, args.repetitions)
+        result["speed"] = measure_speed(model, args.depths, args.repetitions) if args.depths else []
         result["minutes"] = (time.time() - started) / 60
         json_path.write_text(json.dumps(result, indent=1))
     plot(result, HERE / f"kld-tcq-{args.name}.png")
