@@ -175,7 +175,7 @@ def test_bad_cache_types_and_flags_are_one_line_errors(smol_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"{PROG}: error: unsupported cache type 'turbo5'; valid cache types: "
-        "f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1, turbo2, turbo3, turbo4"]
+        "f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1, turbo2, turbo3, turbo4, turbo3t, turbo2t"]
     result = run_server_cli(str(smol_path), "--cache-v", "turbo3", "-fa", "off")
     assert result.returncode == 2 and "requires flash attention" in result.stderr
     result = run_server_cli("/no/such/model.gguf")
