@@ -1,7 +1,7 @@
 // pyturbo: the encoder of the trellis-coded types turbo3t and turbo2t, as static functions
 // (internal). Included by csrc/turbo-tcq.c (the reference, in ggml-base) and by
 // csrc/cpu/turbo-tcq-cpu.c (the CPU backend's from_float, compiled with the backend's
-// instruction sets, where the compiler vectorizes the Viterbi search about 4x further).
+// instruction sets, where the compiler vectorizes the Viterbi search).
 // Both are built with -ffp-contract=off and every step is elementwise, so the two give the
 // same blocks; tests/native/turbo_simd_check.c compares them.
 //
@@ -22,82 +22,102 @@
 #define TCQ_GROUPS (1 << TURBO_TCQ_START_BITS)
 #define TCQ_MAX_STATES TURBO3T_STATES
 
-// The Viterbi costs are kept branch-major: state s lives at slot (s % K) * 64 + s / K
-// (K = 2^k branches). The K predecessors of a state, (g << k) | j for its group g = s % 64,
-// then sit at slots j * 64 + g, 64 apart, so the best predecessor of all 64 groups is an
-// element-wise minimum of K rows of 64, and the new costs are written in contiguous runs:
-// both vectorize without gathers.
-static int tcq_slot(int state, int k) {
-    return ((state & ((1 << k) - 1)) << TURBO_TCQ_START_BITS) | (state >> k);
-}
+#if defined(__GNUC__)
+#define TCQ_ALWAYS_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define TCQ_ALWAYS_INLINE __forceinline
+#else
+#define TCQ_ALWAYS_INLINE inline
+#endif
 
-static float tcq_viterbi(const float * GGML_RESTRICT y, const float * GGML_RESTRICT values, int k, uint16_t * GGML_RESTRICT states) {
-    assert(k == 2 || k == 3);
+// The walk: state s of value t costs best_{t-1}[s % 64] + (y[t] - values[s])^2, where
+// best_t[g] is the cheapest walk to any state (g << k) | j, j < K = 2^k (the predecessors the
+// states of group g share). Write g = c * R + b (R = 64 / K runs): its K predecessors' own
+// groups are b * K + j, whatever c is. So one step, for every j and c, adds a row of R
+// costs of groups b * K + j (kept in that "by branch" order, rows[t][j * R + b]) to R
+// errors, and takes the minimum over j: contiguous runs the compiler vectorizes, with no
+// gathers and no branch bookkeeping. Only the cheapest cost of every group and step is
+// kept (64 x 64 floats); the walk back recomputes the K candidate costs of the state it
+// is at, with the same operations, and takes the lowest branch among the cheapest, which
+// is exactly the choice a forward pass keeping back-pointers would have made.
+// k is a literal at both call sites (see tcq_viterbi), so the loop bounds are constants.
+static TCQ_ALWAYS_INLINE float tcq_viterbi_k(const float * GGML_RESTRICT y, const float * GGML_RESTRICT values, const int k,
+                                             uint16_t * GGML_RESTRICT states) {
     const int n_branch = 1 << k;
+    const int n_runs   = TCQ_GROUPS >> k;
     const int n_states = TCQ_GROUPS << k;
-    const int n_runs   = TCQ_GROUPS >> k;   // groups per branch row of the transposed minima
 
-    float   table[TCQ_MAX_STATES];          // values[] by slot
-    float   cost[TCQ_MAX_STATES];           // by slot
-    float   best[TCQ_GROUPS];               // best predecessor cost per group
-    float   best_by_slot[TCQ_GROUPS];       // the same, ordered as the slots read them
-    uint8_t back[QK_TURBO][TCQ_GROUPS];     // the branch of each group's best predecessor
+    float by_branch[TCQ_MAX_STATES];        // [(j * K + c) * R + b] = values[(c * R + b) * K + j]
+    float rows[QK_TURBO][TCQ_GROUPS];       // rows[t + 1]: best_t by branch; rows[0]: the free start
+    float best[TCQ_GROUPS];                 // best_t in group order
 
-    for (int s = 0; s < n_states; ++s) {
-        table[tcq_slot(s, k)] = values[s];
+    for (int c = 0; c < n_branch; ++c) {
+        for (int b = 0; b < n_runs; ++b) {
+            for (int j = 0; j < n_branch; ++j) {
+                by_branch[(j * n_branch + c) * n_runs + b] = values[(c * n_runs + b) * n_branch + j];
+            }
+        }
     }
-    // The start bits are free: every state can begin the walk.
-    for (int slot = 0; slot < n_states; ++slot) {
-        const float e = y[0] - table[slot];
-        cost[slot] = e * e;
+    for (int g = 0; g < TCQ_GROUPS; ++g) {
+        rows[0][g] = 0.0f;
     }
-    for (int t = 1; t < QK_TURBO; ++t) {
+    for (int t = 0; t + 1 < QK_TURBO; ++t) {
+        const float yt = y[t];
         for (int g = 0; g < TCQ_GROUPS; ++g) {
-            best[g] = cost[g];
-            back[t][g] = 0;
+            best[g] = INFINITY;
         }
-        for (int j = 1; j < n_branch; ++j) {
-            for (int g = 0; g < TCQ_GROUPS; ++g) {
-                const float c = cost[j * TCQ_GROUPS + g];
-                const bool better = c < best[g];    // ties keep the lower branch
-                best[g]    = better ? c : best[g];
-                back[t][g] = better ? (uint8_t) j : back[t][g];
-            }
-        }
-        // State (c << 6) | g, with g = b*K + a, sits at slot a*64 + c*(64/K) + b.
-        for (int a = 0; a < n_branch; ++a) {
-            for (int b = 0; b < n_runs; ++b) {
-                best_by_slot[a * n_runs + b] = best[b * n_branch + a];
-            }
-        }
-        for (int a = 0; a < n_branch; ++a) {
+        for (int j = 0; j < n_branch; ++j) {
+            const float * GGML_RESTRICT prev = rows[t] + j * n_runs;
             for (int c = 0; c < n_branch; ++c) {
-                float       * GGML_RESTRICT out  = cost  + a * TCQ_GROUPS + c * n_runs;
-                const float * GGML_RESTRICT tab  = table + a * TCQ_GROUPS + c * n_runs;
-                const float * GGML_RESTRICT prev = best_by_slot + a * n_runs;
+                const float * GGML_RESTRICT tab = by_branch + (j * n_branch + c) * n_runs;
+                float       * GGML_RESTRICT out = best + c * n_runs;
                 for (int b = 0; b < n_runs; ++b) {
-                    const float e = y[t] - tab[b];
-                    out[b] = prev[b] + e * e;
+                    const float e    = yt - tab[b];
+                    const float cost = prev[b] + e * e;
+                    out[b] = cost < out[b] ? cost : out[b];
                 }
             }
         }
+        for (int j = 0; j < n_branch; ++j) {
+            for (int b = 0; b < n_runs; ++b) {
+                rows[t + 1][j * n_runs + b] = best[b * n_branch + j];
+            }
+        }
     }
 
+    // The cost of state s at value t, from the kept minima of value t - 1.
+#define TCQ_COST(t, s) (rows[t][((s) % n_branch) * n_runs + ((s) & (TCQ_GROUPS - 1)) / n_branch] + \
+                        (y[t] - values[s]) * (y[t] - values[s]))
     int   last  = 0;
-    float total = cost[tcq_slot(0, k)];
-    for (int s = 1; s < n_states; ++s) {
-        const float c = cost[tcq_slot(s, k)];
-        if (c < total) {
-            total = c;
+    float total = INFINITY;
+    for (int s = 0; s < n_states; ++s) {
+        const float cost = TCQ_COST(QK_TURBO - 1, s);
+        if (cost < total) {             // ties keep the lower state
+            total = cost;
             last  = s;
         }
     }
     states[QK_TURBO - 1] = (uint16_t) last;
     for (int t = QK_TURBO - 1; t > 0; --t) {
-        const int g = states[t] & (TCQ_GROUPS - 1);
-        states[t - 1] = (uint16_t) ((g << k) | back[t][g]);
+        const int g    = states[t] & (TCQ_GROUPS - 1);
+        int       pick = g << k;
+        float     pick_cost = TCQ_COST(t - 1, pick);
+        for (int j = 1; j < n_branch; ++j) {
+            const float cost = TCQ_COST(t - 1, (g << k) | j);
+            if (cost < pick_cost) {     // ties keep the lower branch
+                pick_cost = cost;
+                pick      = (g << k) | j;
+            }
+        }
+        states[t - 1] = (uint16_t) pick;
     }
+#undef TCQ_COST
     return total;
+}
+
+static float tcq_viterbi(const float * GGML_RESTRICT y, const float * GGML_RESTRICT values, int k, uint16_t * GGML_RESTRICT states) {
+    assert(k == 2 || k == 3);
+    return k == 3 ? tcq_viterbi_k(y, values, 3, states) : tcq_viterbi_k(y, values, 2, states);
 }
 
 // Head bits of a positive scale: its fp16 with the mantissa rounded to 5 bits (half up,

@@ -138,12 +138,6 @@ def test_trellis_error_is_well_below_the_scalar_type_at_the_same_bits(name, scal
 
 
 @pytest.mark.parametrize("name", list(TCQ))
-def test_reference_and_cpu_encoders_give_identical_blocks(name):
-    x = rotated_gaussian(32, 512, seed=3)
-    assert quantize(name, x, reference=True) == quantize(name, x, reference=False)
-
-
-@pytest.mark.parametrize("name", list(TCQ))
 def test_norm_is_kept_and_zero_blocks_stay_zero(name):
     x = rotated_gaussian(16, 128, seed=8)
     x[3, :64] = 0.0
@@ -198,18 +192,6 @@ def test_context_shift_requantizes_trellis_keys(smol_model):
     assert ctx.last_stats.n_gen == 400
     tail = text[-80:]
     assert sum(c.isdigit() for c in tail) > 20 and "," in tail
-
-
-def test_trellis_k_without_flash_attention_matches_the_flash_attention_path(tiny_model):
-    tokens = list(range(3, 3 + 200))
-    logits = {}
-    for cache_k, fa in (("f16", "on"), ("turbo3t", "off"), ("turbo3t", "on")):
-        with tiny_model.context(n_ctx=256, cache_k=cache_k, cache_v="f16", flash_attn=fa, kv_transform="off") as ctx:
-            logits[cache_k, fa] = ctx.score(tokens)
-    off, on, f16 = logits["turbo3t", "off"], logits["turbo3t", "on"], logits["f16", "on"]
-    # measured 0.14 against 1.06 (q4_0 keys: 0.11 against 0.71): the two paths round differently
-    assert abs(off - on).max() < 0.2 * abs(on - f16).max()
-    assert (off.argmax(1) == on.argmax(1)).mean() >= 0.97
 
 
 @pytest.mark.slow

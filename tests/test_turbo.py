@@ -101,7 +101,7 @@ def test_round_trip_mse_on_rotated_gaussian_data_is_within_the_paper_bound(name,
     assert relative_mse <= bound
 
 
-@pytest.mark.parametrize("name", list(TURBO))
+@pytest.mark.parametrize("name", list(TURBO) + ["turbo3t", "turbo2t"])
 def test_reference_and_cpu_quantizers_give_identical_codes(name):
     x = rotated_gaussian(64, 512, seed=3)
     assert quantize(name, x, reference=True) == quantize(name, x, reference=False)

@@ -63,18 +63,21 @@ def test_turbo_v_without_flash_attention_is_refused(tiny_model):
         tiny_model.context(n_ctx=256, cache_v="turbo3", flash_attn="off")
 
 
-def test_turbo_k_without_flash_attention_matches_the_flash_attention_path(tiny_model):
-    """-fa off scores turbo3 keys through vec_dot, -fa on through the flash-attention kernel:
+# (type, bound on the -fa off/on gap as a fraction of the quantization error) measured:
+# turbo3 0.07 against 1.4, turbo3t 0.14 against 1.06 (q4_0 keys: 0.11 against 0.71)
+@pytest.mark.parametrize("cache_k, gap", [("turbo3", 0.1), ("turbo3t", 0.2)])
+def test_turbo_k_without_flash_attention_matches_the_flash_attention_path(tiny_model, cache_k, gap):
+    """-fa off scores turbo keys through vec_dot, -fa on through the flash-attention kernel:
     the same quantized keys must give nearly the same logits, their gap far below the
-    quantization error itself (measured: 0.07 against 1.4 on this random model)."""
+    quantization error itself (the two paths round differently)."""
     tokens = list(range(3, 3 + 200))
     logits = {}
-    for cache_k, fa in (("f16", "on"), ("turbo3", "off"), ("turbo3", "on")):
+    for k, fa in (("f16", "on"), (cache_k, "off"), (cache_k, "on")):
         # the kernels compared on the keys as they come (tests/test_kv_transform.py has the transforms)
-        with tiny_model.context(n_ctx=256, cache_k=cache_k, cache_v="f16", flash_attn=fa, kv_transform="off") as ctx:
-            logits[cache_k, fa] = ctx.score(tokens)
-    off, on, f16 = logits["turbo3", "off"], logits["turbo3", "on"], logits["f16", "on"]
-    assert abs(off - on).max() < 0.1 * abs(on - f16).max()
+        with tiny_model.context(n_ctx=256, cache_k=k, cache_v="f16", flash_attn=fa, kv_transform="off") as ctx:
+            logits[k, fa] = ctx.score(tokens)
+    off, on, f16 = logits[cache_k, "off"], logits[cache_k, "on"], logits["f16", "on"]
+    assert abs(off - on).max() < gap * abs(on - f16).max()
     assert (off.argmax(1) == on.argmax(1)).mean() >= 0.97
     assert (off.argmax(1) == f16.argmax(1)).mean() >= 0.7   # a random 2-layer model is fragile: 0.79
 

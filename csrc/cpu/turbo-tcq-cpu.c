@@ -1,10 +1,10 @@
 // pyturbo: CPU-backend functions of the trellis-coded types turbo3t and turbo2t.
 //
 // from_float is the reference encoder (csrc/turbo-tcq-encode.h) compiled here, with the
-// instruction sets of this CPU backend: its Viterbi search is elementwise in a layout made
-// for it, so the compiler vectorizes it (AVX2: ~4x the SSE2 build of ggml-base; a
-// hand-written AVX2 search measured only 0.8-1.2x of that) and the blocks stay identical (no
-// contraction into FMAs, csrc/pyturbo-kernels.cmake). The scalar decoder below is the
+// instruction sets of this CPU backend: its Viterbi search runs over contiguous rows in a
+// layout made for it, so the compiler vectorizes it (docs/results/tcq-encode-speed.md has
+// the time per block) and the blocks stay identical (no contraction into FMAs,
+// csrc/pyturbo-kernels.cmake). The scalar decoder below is the
 // reference the SIMD decoders of arch/<arch>/turbo.c must match; the dot product decodes a
 // block with the fastest decoder of this build.
 

@@ -22,6 +22,7 @@
 #include "turbo-common.h"
 #include "turbo-quants.h"
 #include "turbo-block.h"
+#include "random-blocks.h"
 
 #include <cmath>
 #include <cstdint>
@@ -34,40 +35,11 @@ namespace {
 
 constexpr int N_RANDOM_BLOCKS = 24000;
 
-uint64_t rng_state = 0x853c49e6748fea9bull;
-
-uint64_t next_u64() {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-float uniform01() {
-    return (float) ((next_u64() >> 40) + 0.5) / (float) (1ull << 24);
-}
-
-// Roughly normal (sum of four uniforms).
-float gaussish() {
-    float g = 0.0f;
-    for (int u = 0; u < 4; ++u) {
-        g += uniform01() - 0.5f;
-    }
-    return g*1.7320508f;
-}
+block_rng rng = {0x853c49e6748fea9bull};
 
 // Random blocks at scales from 1e-6 to 1e4 with the odd outlier, then the edge cases.
 std::vector<float> make_blocks() {
-    std::vector<float> x;
-    for (int b = 0; b < N_RANDOM_BLOCKS; ++b) {
-        const float scale = std::pow(10.0f, -6.0f + 10.0f*uniform01());
-        for (int j = 0; j < QK_TURBO; ++j) {
-            x.push_back(scale*gaussish());
-        }
-        if (b % 7 == 0) {
-            x[x.size() - QK_TURBO + (next_u64() % QK_TURBO)] *= 15.0f;
-        }
-    }
+    std::vector<float> x = rng.blocks(N_RANDOM_BLOCKS, 7);
     const float inf = std::numeric_limits<float>::infinity();
     const float subnormal = std::numeric_limits<float>::denorm_min();
     for (int edge = 0; edge < 12; ++edge) {
@@ -84,7 +56,7 @@ std::vector<float> make_blocks() {
                 case 7:  v = (float) (j - 32)*subnormal; break;                     // subnormal values
                 case 8:  v = (j % 3 ? 1.0f : -1.0f)*3e18f*(float) (j + 1); break;   // squares overflow to inf
                 case 9:  v = j == 5 ? 1e30f : (float) j*1e-30f; break;              // huge spike over tiny values
-                case 10: v = j == 40 ? inf : gaussish(); break;                     // an infinity
+                case 10: v = j == 40 ? inf : rng.gaussish(); break;                 // an infinity
                 case 11: v = j == 0 ? -inf : (j == 1 ? inf : 0.5f); break;          // both infinities
             }
             x.push_back(v);
@@ -261,7 +233,7 @@ int check_type(const type_check & t, const std::vector<float> & x) {
         const uint8_t * block = q_ref.data() + b*t.block_bytes;
         for (int j = 0; j < QK_TURBO; j += 4) {
             const uint32_t codes4 = header_codes4(t, block, j);
-            const int q = (int) (uint32_t) next_u64();
+            const int q = (int) (uint32_t) rng.next_u64();
             int expected = 0;
             for (int l = 0; l < 4; ++l) {
                 const int code = header_code(t, block, j + l);

@@ -18,6 +18,7 @@
 #include "turbo-tcq.h"
 #include "turbo-block.h"
 #include "turbo-tcq-block.h"
+#include "random-blocks.h"
 
 #include <cmath>
 #include <cstdint>
@@ -30,35 +31,11 @@ namespace {
 
 constexpr int N_RANDOM_BLOCKS = 3000;   // the serial Viterbi search is ~30k steps a block
 
-uint64_t rng_state = 0x2b992ddfa23249d6ull;
+block_rng rng = {0x2b992ddfa23249d6ull};
 
-uint64_t next_u64() {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-float uniform01() {
-    return (float) ((next_u64() >> 40) + 0.5) / (float) (1ull << 24);
-}
-
-float gaussish() {
-    float g = 0.0f;
-    for (int u = 0; u < 4; ++u) {
-        g += uniform01() - 0.5f;
-    }
-    return g*1.7320508f;
-}
-
+// Random blocks at scales from 1e-6 to 1e4, then the edge cases.
 std::vector<float> make_blocks() {
-    std::vector<float> x;
-    for (int b = 0; b < N_RANDOM_BLOCKS; ++b) {
-        const float scale = std::pow(10.0f, -6.0f + 10.0f*uniform01());
-        for (int j = 0; j < QK_TURBO; ++j) {
-            x.push_back(scale*gaussish());
-        }
-    }
+    std::vector<float> x = rng.blocks(N_RANDOM_BLOCKS, 0);
     const float inf = std::numeric_limits<float>::infinity();
     for (int edge = 0; edge < 7; ++edge) {
         for (int j = 0; j < QK_TURBO; ++j) {
@@ -69,7 +46,7 @@ std::vector<float> make_blocks() {
                 case 2: v = j == 17 ? -5.0f : 0.0f; break;                          // a lone spike
                 case 3: v = (j % 2 ? 1.0f : -1.0f)*1e-20f*(float) (j + 1); break;   // subnormal squares
                 case 4: v = (j % 3 ? 1.0f : -1.0f)*3e18f*(float) (j + 1); break;    // squares overflow to inf
-                case 5: v = j == 40 ? inf : gaussish(); break;                      // an infinity
+                case 5: v = j == 40 ? inf : rng.gaussish(); break;                  // an infinity
                 case 6: v = j == 5 ? 1e30f : (float) j*1e-30f; break;               // huge spike over tiny values
             }
             x.push_back(v);
