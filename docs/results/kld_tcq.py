@@ -1,6 +1,7 @@
 """The trellis-coded cache types against every other type: KLD, the bits frontier, and speed at depth.
 
-    python docs/results/kld_tcq.py [MODEL] [--chunks 10] [--name smollm2] [--depths 4096,8192] > docs/results/kld-tcq.md
+    python docs/results/kld_tcq.py [MODEL] [--chunks 10] [--name smollm2] [--depths 4096,8192] > docs/results/kld-tcq-smollm2.md
+    python docs/results/kld_tcq.py --speed-only      # speed again, the KLDs from kld-tcq-NAME.json
 
 KLD against the f16 cache of every pair in PAIRS (pyturbo.kld_cache: c=512, --chunks chunks of
 the Debian license texts, kv_transform auto; a second run reads the numbers back), the issue's
@@ -61,12 +62,14 @@ def measure_kld(model, chunks: int) -> dict:
 
 
 def measure_speed(model, depths: str, repetitions: int) -> list:
-    k = ",".join(p.split("/")[0] for p in SPEED_PAIRS)
-    v = ",".join(p.split("/")[1] for p in SPEED_PAIRS)
-    command = [sys.executable, "-m", "pyturbo.bench", str(model), "-p", "512", "-n", "32", "-d", depths,
-               "-ctk", k, "-ctv", v, "-r", str(repetitions), "-t", "2", "-o", "json"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+    """Every pair of SPEED_PAIRS (pyturbo.bench crosses its -ctk and -ctv lists, so one call per pair)."""
+    records = []
+    for pair in SPEED_PAIRS:
+        k, v = pair.split("/")
+        command = [sys.executable, "-m", "pyturbo.bench", str(model), "-p", "512", "-n", "32", "-d", depths,
+                   "-ctk", k, "-ctv", v, "-r", str(repetitions), "-t", "2", "-o", "json"]
+        records += json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    return records
 
 
 def plot(result: dict, path: Path) -> None:
@@ -113,10 +116,9 @@ def speed_table(records: list) -> list:
 
 def page(result: dict, name: str) -> str:
     lines = [f"# Trellis-coded cache types on {result['model']}", "",
-             f"Produced by `python docs/results/kld_tcq.py MODEL --chunks {result['chunks']} --name {name} "
-             f"--depths {result['depths']}` ({result['minutes']:.1f} min, 2 CPU threads, other jobs sharing the "
-             f"2 cores). KLD against the f16 cache, c=512, {result['chunks']} chunks of the Debian license "
-             "texts, kv_transform auto.", "", "## Targets", "",
+             f"KLDs by `python docs/results/kld_tcq.py MODEL --chunks {result['chunks']} --name {name}` (through "
+             f"pyturbo's KLD cache, 2 CPU threads): KLD against the f16 cache, c=512, {result['chunks']} chunks of "
+             "the Debian license texts, kv_transform auto.", "", "## Targets", "",
              "| pair | KLD | target | ratio | met |", "| --- | ---: | --- | ---: | --- |"]
     for t in result["targets"]:
         lines.append(f"| {'/'.join(t['pair'])} | {t['kld']:.4f} | <= {t['factor']:g}x {'/'.join(t['against'])} "
@@ -128,8 +130,10 @@ def page(result: dict, name: str) -> str:
               "", "## Every pair", "", "| K / V | bits/value | KLD |", "| --- | ---: | ---: |"]
     for row in sorted(result["pairs"], key=lambda r: -r["bits_per_value"]):
         lines.append(f"| {row['cache_k']} / {row['cache_v']} | {row['bits_per_value']:.3f} | {row['kld']:.4f} |")
+    minutes = f" ({result['speed_minutes']:.1f} min, `--speed-only`)" if "speed_minutes" in result else ""
     lines += ["", f"![bits against KLD](kld-tcq-{name}.png)", "", "## Speed at depth (tokens/s)", "",
-              "`python -m pyturbo.bench MODEL -p 512 -n 32 -d DEPTHS -r 2 -t 2`, all pairs in one run:", ""]
+              f"`python -m pyturbo.bench MODEL -p 512 -n 32 -d {result['depths']} -ctk K -ctv V -r 2 -t 2` for each "
+              f"pair, one after the other in one run{minutes}:", ""]
     lines += speed_table(result["speed"])
     return "\n".join(lines) + "\n"
 
@@ -142,10 +146,17 @@ def main() -> int:
     parser.add_argument("--depths", default="4096,8192", help="'' skips the speed runs")
     parser.add_argument("--repetitions", type=int, default=2)
     parser.add_argument("--render", action="store_true", help="the page again from the JSON")
+    parser.add_argument("--speed-only", action="store_true", help="the KLDs from the JSON, speed measured again")
     args = parser.parse_args()
     json_path = HERE / f"kld-tcq-{args.name}.json"
     if args.render:
         result = json.loads(json_path.read_text())
+    elif args.speed_only:
+        started = time.time()
+        result = json.loads(json_path.read_text())
+        result["speed"] = measure_speed(args.model or default_model(), args.depths, args.repetitions)
+        result.update(depths=args.depths, speed_minutes=(time.time() - started) / 60)
+        json_path.write_text(json.dumps(result, indent=1))
     else:
         started = time.time()
         model = args.model or default_model()
