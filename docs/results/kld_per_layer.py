@@ -28,9 +28,11 @@ from pyturbo.assets import default_model  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
-UNIFORM = [("f16", "f16"), ("q8_0", "q8_0"), ("q5_0", "q5_0"), ("q4_0", "q4_0"), ("q8_0", "turbo4"),
-           ("q8_0", "turbo3"), ("q8_0", "turbo2"), ("turbo4", "turbo4"), ("turbo3", "turbo3"),
-           ("turbo2", "turbo2")]
+# Every upstream type, every scalar turbo type and every trellis-coded one, uniform over layers.
+UNIFORM = [("f16", "f16"), ("q8_0", "q8_0"), ("q5_0", "q5_0"), ("q4_0", "q4_0"), ("iq4_nl", "iq4_nl"),
+           ("q8_0", "turbo4"), ("q8_0", "turbo3"), ("q8_0", "turbo3t"), ("q8_0", "turbo2"), ("q8_0", "turbo2t"),
+           ("turbo4", "turbo4"), ("turbo3", "turbo3"), ("turbo3t", "turbo3t"), ("turbo2", "turbo2"),
+           ("turbo2t", "turbo2t")]
 # The uniform pairs whose memory a mix is searched for, and the issue's targets at each:
 # (pair, the KLD a mix must reach there as (factor, pair it is measured against)).
 TARGETS = [(("turbo3", "turbo3"), (0.6, ("turbo3", "turbo3"))),
@@ -71,24 +73,54 @@ def values_per_cell(geometry) -> int:
     return sum(layer.k_values + layer.v_values for layer in geometry.layers if layer.has_kv)
 
 
+def family(cache_k: str, cache_v: str) -> str:
+    """upstream, turbo (scalar) or trellis: the plot's colour of a uniform pair."""
+    names = (cache_k, cache_v)
+    if any(n.startswith("turbo") and n.endswith("t") for n in names):
+        return "trellis"
+    return "turbo" if any(n.startswith("turbo") for n in names) else "upstream"
+
+
+FAMILY_COLORS = {"upstream": "tab:blue", "turbo": "tab:orange", "trellis": "tab:red"}
+# Labels moved off their neighbours (q4_0, iq4_nl and turbo4 sit at 4.25-4.5 bits, KLD 0.045-0.054).
+LABEL_OFFSETS = {("turbo4", "turbo4"): (-4, 2), ("iq4_nl", "iq4_nl"): (6, 2)}
+
+
+def frontier(points: list) -> list:
+    """The (bits, KLD) points no other point beats with as few bits and less KLD, by bits."""
+    best, kept = float("inf"), []
+    for bits, kld in sorted(points):
+        if kld < best:
+            best = kld
+            kept.append((bits, kld))
+    return kept
+
+
 def plot(result: dict, path: Path) -> None:
-    fig, (front, layers) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (front, layers) = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [3, 2]})
+    points = []
     for row in result["uniform"]:
         if row["cache_k"] == "f16" and row["cache_v"] == "f16":
             continue
-        turbo = "turbo" in row["cache_k"] + row["cache_v"]
-        front.scatter(row["bits_per_value"], row["kld"], color="tab:orange" if turbo else "tab:blue",
-                      marker="o")
-        front.annotate(f"{row['cache_k']}/{row['cache_v']}", (row["bits_per_value"], row["kld"]), fontsize=7,
-                       xytext=(4, 2), textcoords="offset points")
+        xy = (row["bits_per_value"], row["kld"])
+        points.append(xy)
+        front.scatter(*xy, color=FAMILY_COLORS[family(row["cache_k"], row["cache_v"])], marker="o")
+        dx, dy = LABEL_OFFSETS.get((row["cache_k"], row["cache_v"]), (4, 2))
+        front.annotate(f"{row['cache_k']}/{row['cache_v']}", xy, fontsize=7, ha="right" if dx < 0 else "left",
+                       xytext=(dx, dy), textcoords="offset points")
     for m in result["mixes"]:
-        front.scatter(m["bits_per_value"], m["kld"], color="tab:green", marker="*", s=120)
-        front.annotate(f"per-layer at {'/'.join(m['memory_of'])}", (m["bits_per_value"], m["kld"]), fontsize=7,
-                       xytext=(4, -9), textcoords="offset points", color="tab:green")
+        xy = (m["bits_per_value"], m["kld"])
+        points.append(xy)
+        front.scatter(*xy, color="tab:green", marker="*", s=140, zorder=3)
+        front.annotate(f"per-layer at {'/'.join(m['memory_of'])}", xy, fontsize=7, xytext=(4, -12),
+                       textcoords="offset points", color="tab:green")
+    front.plot(*zip(*frontier(points)), color="gray", lw=1, ls="--", zorder=1, label="frontier")
     front.set_xlabel("bits per cached value (K and V)")
     front.set_ylabel("KLD against the f16 cache")
     front.set_yscale("log")
-    front.set_title(f"{result['model']}: upstream (blue), turbo (orange), per-layer (green)", fontsize=9)
+    front.set_title(f"{result['model']}: upstream (blue), scalar turbo (orange), trellis turbo (red), "
+                    "per-layer (green)", fontsize=9)
+    front.legend(loc="upper right", fontsize=8)
     front.grid(alpha=0.3)
     n = len(result["layer_kld"]["K"])
     width = 0.4
