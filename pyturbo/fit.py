@@ -39,6 +39,7 @@ from ._cli import (ArgumentParser, add_cache_flags, add_ctx_flag, add_flash_attn
 from ._report import markdown_table
 from .cache_types import cache_type
 from .gguf import GGUFHeader, read_gguf_header
+from .kld_reference import KLD_TABLE, REFERENCE_SOURCE
 from .memory import UBATCH_CHOICES, estimate, max_context_over_ubatch
 from .units import format_size, parse_size
 from .upstream.allocation import CELL_PADDING, DEFAULT_N_UBATCH
@@ -48,29 +49,9 @@ from .upstream.quant_presets import WEIGHT_QUANTS
 PROG = "python -m pyturbo.fit"
 
 DEFAULT_CONFIGS = (("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0"), ("q4_0", "q4_0"), ("q8_0", "turbo4"),
-                   ("q8_0", "turbo3"), ("turbo4", "turbo4"), ("turbo3", "turbo3"), ("turbo2", "turbo2"))
+                   ("q8_0", "turbo3"), ("q8_0", "turbo3t"), ("turbo4", "turbo4"), ("turbo3", "turbo3"),
+                   ("turbo3t", "turbo3t"), ("turbo2", "turbo2"), ("turbo2t", "turbo2t"))
 
-# Mean KLD against the untransformed f16 cache, lower is better, with kv_transform="auto"
-# (the default): docs/results/kld-smollm2-transforms.md (SmolLM2-135M, pyturbo.eval kld,
-# c=512, 10 chunks of the Debian license texts; kld-smollm2.md has them without transforms).
-# Update here when new measurements come in; a configuration not listed ranks
-# after every listed one.
-KLD_TABLE = {
-    ("f16", "f16"): 0.0000,
-    ("f16", "q8_0"): 0.0050,
-    ("q8_0", "q8_0"): 0.0053,
-    ("q5_0", "q5_0"): 0.0175,
-    ("q4_0", "q4_0"): 0.0531,
-    ("iq4_nl", "iq4_nl"): 0.0431,
-    ("q8_0", "q4_0"): 0.0157,
-    ("turbo4", "turbo4"): 0.0545,
-    ("turbo3", "turbo3"): 0.1642,
-    ("turbo2", "turbo2"): 0.6471,
-    ("q8_0", "turbo4"): 0.0169,
-    ("q8_0", "turbo3"): 0.0494,
-    ("q8_0", "turbo2"): 0.1745,
-}
-REFERENCE_SOURCE = "reference: SmolLM2-135M"
 
 # Prefill tokens/s at each n_ubatch relative to 512: docs/results/ubatch-prefill-smollm2.md
 # (SmolLM2-135M, pp512, 2 CPU threads; tests check this copy against that table).

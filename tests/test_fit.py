@@ -187,3 +187,16 @@ def test_fit_plots_max_context_and_kld_for_a_budget_and_memory_for_a_context(tin
     png = tmp_path / "fit.png"
     assert fit.main([str(tiny_path), *budget, "--plot", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_default_pairs_rank_each_trellis_pair_above_the_scalar_pair_of_the_same_memory(tiny_path):
+    configs = fit.parse_configs(None, None)
+    order = fit.quality_order(configs, gqa_ratio=1.0)
+    plan = fit.plan(tiny_path, memory="64MiB", what_if=(), progress=False)
+    kv_bytes = {(r.type_k, r.type_v): (r.kv_k + r.kv_v) / r.n_ctx for r in plan.results}
+    for trellis, scalar in ((("q8_0", "turbo3t"), ("q8_0", "turbo3")), (("turbo3t", "turbo3t"), ("turbo3", "turbo3")),
+                            (("turbo2t", "turbo2t"), ("turbo2", "turbo2"))):
+        assert trellis in configs and scalar in configs
+        assert order.index(trellis) < order.index(scalar)
+        assert fit.KLD_TABLE[trellis] < 0.7 * fit.KLD_TABLE[scalar]
+        assert kv_bytes[trellis] == kv_bytes[scalar]      # the same bytes per cell

@@ -89,6 +89,15 @@ def test_tables_are_fp16_values_one_per_state(name):
 
 
 @pytest.mark.parametrize("name", list(TCQ))
+def test_the_vulkan_shaders_carry_the_same_tables(name):
+    glsl = (ROOT / "csrc" / "vulkan" / "turbo-tcq-tables.glsl").read_text()
+    body = re.search(rf"const float kvalues_{name}\[(\d+)\] = float\[\d+\]\((.*?)\);", glsl, re.S)
+    values = np.array([float(v) for v in re.findall(r"-?\d+\.\d+e[-+]\d+", body.group(2))], dtype=np.float32)
+    assert int(body.group(1)) == len(values) == 64 << TCQ[name]
+    assert np.array_equal(values, shipped_table(name))   # csrc/turbo-tcq-codebook.py --glsl-only rewrites it
+
+
+@pytest.mark.parametrize("name", list(TCQ))
 def test_library_viterbi_finds_the_same_walk_as_numpy(name):
     k, table, viterbi = TCQ[name], shipped_table(name), library_viterbi()
     for y in unit_blocks(6, seed=11):

@@ -1,4 +1,4 @@
-// pyturbo: turbo2/turbo3/turbo4 values for ggml's dequantizing shaders (get_rows_quant,
+// pyturbo: turbo2/turbo3/turbo4 (and the trellis types, below) values for ggml's dequantizing shaders (get_rows_quant,
 // copy_from_quant): dequantize/dequantize4 give codebook values, get_dm the block scale,
 // so each shader's v * d is the CPU's d * kvalues[code], one float product. Included at the
 // end of dequant_funcs.glsl (patches/0011), which declares data_a.
@@ -28,6 +28,33 @@ vec4 dequantize4(uint ib, uint iqs, uint a_offset) {
 
 vec2 get_dm(uint ib, uint a_offset) {
     return vec2(float(data_a[a_offset + ib].d), 0);
+}
+
+#endif
+
+#if defined(DATA_A_TURBO3T) || defined(DATA_A_TURBO2T)
+
+// Value j of block ib: the table entry of its trellis state (scaled by get_dm's d).
+float turbo_value(uint ib, uint j, uint a_offset) {
+    const uint bit  = 16u - TURBO_TCQ_START_BITS + TURBO_TCQ_K * j;
+    const uint byte = bit / 8u;
+    const uint lo = uint(data_a[a_offset + ib].b[byte]);
+    // the last window of turbo2t ends at the block's last bit
+    const uint hi = byte + 1u < TURBO_TCQ_BYTES ? uint(data_a[a_offset + ib].b[byte + 1u]) : 0u;
+    return TURBO_TCQ_VALUES[turbo_tcq_window(lo, hi, bit, TURBO_TCQ_K)];
+}
+
+vec2 dequantize(uint ib, uint iqs, uint a_offset) {
+    return vec2(turbo_value(ib, iqs, a_offset), turbo_value(ib, iqs + 1u, a_offset));
+}
+
+vec4 dequantize4(uint ib, uint iqs, uint a_offset) {
+    return vec4(turbo_value(ib, iqs, a_offset), turbo_value(ib, iqs + 1u, a_offset),
+                turbo_value(ib, iqs + 2u, a_offset), turbo_value(ib, iqs + 3u, a_offset));
+}
+
+vec2 get_dm(uint ib, uint a_offset) {
+    return vec2(turbo_tcq_scale(uint(data_a[a_offset + ib].b[0]) | (uint(data_a[a_offset + ib].b[1]) << 8)), 0);
 }
 
 #endif

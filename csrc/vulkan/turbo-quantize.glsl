@@ -108,3 +108,5 @@ void quantize(uint dst_idx, uint src_idx) {
 }
 
 #endif
+
+#include "turbo-tcq-quantize.glsl" // turbo3t, turbo2t

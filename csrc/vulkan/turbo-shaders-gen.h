@@ -1,4 +1,4 @@
-// pyturbo: the turbo2/turbo3/turbo4 variants of ggml's Vulkan shaders, for its shader
+// pyturbo: the turbo2/turbo3/turbo4/turbo3t/turbo2t variants of ggml's Vulkan shaders, for its shader
 // generator (vulkan-shaders-gen.cpp includes this file after string_to_spv and calls
 // pyturbo_turbo_shaders from process_shaders: patches/0011). Only the ops the turbo types
 // need on a device: GET_ROWS, CPY both ways and SET_ROWS (the KV write); their flash
@@ -10,7 +10,7 @@
 
 static void pyturbo_turbo_shaders() {
     const std::map<std::string, std::string> base = {{"FLOAT_TYPE", "float"}, {"FLOAT_TYPEV2", "vec2"}};
-    for (const std::string t : {"turbo2", "turbo3", "turbo4"}) {
+    for (const std::string t : {"turbo2", "turbo3", "turbo4", "turbo3t", "turbo2t"}) {
         const std::string data_a = "DATA_A_" + to_uppercase(t);
         string_to_spv("get_rows_" + t, "get_rows_quant.comp",
                       merge_maps(base, {{"TEMP_TYPE", "FLOAT_TYPE"}, {data_a, "1"}, {"B_TYPE", "int"}, {"D_TYPE", "float16_t"}}));

@@ -1,5 +1,6 @@
-// pyturbo: turbo2/turbo3/turbo4 for ggml's Vulkan shaders: block structs, codebooks and
-// the codes of one value, the same layout and constants as csrc/turbo-common.h.
+// pyturbo: turbo2/turbo3/turbo4 and the trellis-coded turbo3t/turbo2t for ggml's Vulkan
+// shaders: block structs, codebooks and the codes of one value, the same layout and
+// constants as csrc/turbo-common.h.
 // types.glsl includes this file (patches/0011), so every shader that names a type can
 // name these; DATA_A_TURBO2/3/4 select one as the A type the way DATA_A_Q8_0 does.
 
@@ -10,6 +11,8 @@
 #define GGML_TYPE_TURBO2 43u
 #define GGML_TYPE_TURBO3 44u
 #define GGML_TYPE_TURBO4 45u
+#define GGML_TYPE_TURBO3T 46u
+#define GGML_TYPE_TURBO2T 47u
 
 #define QUANT_K_TURBO 64
 #define QUANT_K_TURBO2 QUANT_K_TURBO
@@ -18,6 +21,18 @@
 #define QUANT_R_TURBO2 1
 #define QUANT_R_TURBO3 1
 #define QUANT_R_TURBO4 1
+#define QUANT_K_TURBO3T QUANT_K_TURBO
+#define QUANT_K_TURBO2T QUANT_K_TURBO
+#define QUANT_R_TURBO3T 1
+#define QUANT_R_TURBO2T 1
+
+// The trellis types (csrc/turbo-tcq.h): a block is one little-endian bit string, a 10-bit
+// scale head, then 6 free start bits and k bits per value; value i is
+// d * kvalues_turboNt[state_i], state_i the 6 + k bits at bit 10 + k*i.
+#define TURBO_TCQ_START_BITS 6
+#define TURBO_TCQ_GROUPS 64
+#define TURBO3T_BYTES (2 + QUANT_K_TURBO * 3 / 8)
+#define TURBO2T_BYTES (2 + QUANT_K_TURBO * 2 / 8)
 
 // Re-picks of a block's codes at the least-squares scale of the previous ones
 // (TURBO_LSQ_REPICKS in turbo-common.h).
@@ -58,6 +73,22 @@ struct block_turbo4_packed16 {
     uint16_t qs[QUANT_K_TURBO / 4];
 };
 
+struct block_turbo3t {
+    uint8_t b[TURBO3T_BYTES];
+};
+
+struct block_turbo3t_packed16 {
+    uint16_t words[TURBO3T_BYTES / 2];
+};
+
+struct block_turbo2t {
+    uint8_t b[TURBO2T_BYTES];
+};
+
+struct block_turbo2t_packed16 {
+    uint16_t words[TURBO2T_BYTES / 2];
+};
+
 #if defined(DATA_A_TURBO2)
 #define QUANT_K QUANT_K_TURBO2
 #define QUANT_R QUANT_R_TURBO2
@@ -80,6 +111,28 @@ struct block_turbo4_packed16 {
 #define QUANT_AUXF 1
 #define A_TYPE block_turbo4
 #define A_TYPE_PACKED16 block_turbo4_packed16
+#endif
+
+#if defined(DATA_A_TURBO3T)
+#define QUANT_K QUANT_K_TURBO3T
+#define QUANT_R QUANT_R_TURBO3T
+#define QUANT_AUXF 1
+#define A_TYPE block_turbo3t
+#define A_TYPE_PACKED16 block_turbo3t_packed16
+#define TURBO_TCQ_K 3u
+#define TURBO_TCQ_BYTES TURBO3T_BYTES
+#define TURBO_TCQ_VALUES kvalues_turbo3t
+#endif
+
+#if defined(DATA_A_TURBO2T)
+#define QUANT_K QUANT_K_TURBO2T
+#define QUANT_R QUANT_R_TURBO2T
+#define QUANT_AUXF 1
+#define A_TYPE block_turbo2t
+#define A_TYPE_PACKED16 block_turbo2t_packed16
+#define TURBO_TCQ_K 2u
+#define TURBO_TCQ_BYTES TURBO2T_BYTES
+#define TURBO_TCQ_VALUES kvalues_turbo2t
 #endif
 
 // Lloyd-Max centroids of N(0,1) and the thresholds between them: turbo-common.h's floats.
@@ -110,5 +163,27 @@ uint turbo3_code(uint qs_byte, uint qh_byte, uint j) {
 uint turbo4_code(uint qs_byte, uint j) {
     return (qs_byte >> (4u * (j / 32u))) & 15u;
 }
+
+// fa_block_elems's cases (fa_types.glsl, patches/0011)
+#define PYTURBO_FA_BLOCK_ELEMS_CASES                                                   \
+    case GGML_TYPE_TURBO2: case GGML_TYPE_TURBO3: case GGML_TYPE_TURBO4:               \
+    case GGML_TYPE_TURBO3T: case GGML_TYPE_TURBO2T: return uint(QUANT_K_TURBO);
+
+// fa_type_needs_shmem's cases: the trellis tables (turbo-fa.glsl)
+#define PYTURBO_FA_NEEDS_SHMEM_CASES \
+    case GGML_TYPE_TURBO3T: case GGML_TYPE_TURBO2T: return true;
+
+// The trellis state (6 + k bits) at bit `bit` of a block, from the two bytes it spans
+// (lo, and hi, 0 past the block's end).
+uint turbo_tcq_window(uint lo, uint hi, uint bit, uint k) {
+    return ((lo | (hi << 8)) >> (bit % 8u)) & ((TURBO_TCQ_GROUPS << k) - 1u);
+}
+
+// The scale of a head: its 10 bits are fp16 bits 5..14 of a positive scale.
+float turbo_tcq_scale(uint head) {
+    return unpackHalf2x16((head & 0x3FFu) << 5).x;
+}
+
+#include "turbo-tcq-tables.glsl"
 
 #endif // PYTURBO_TURBO_TYPES_GLSL

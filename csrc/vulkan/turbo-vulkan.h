@@ -1,4 +1,4 @@
-// pyturbo: turbo2/turbo3/turbo4 in ggml's Vulkan backend (ggml-vulkan.cpp includes this file;
+// pyturbo: turbo2/turbo3/turbo4 and the trellis-coded turbo3t/turbo2t in ggml's Vulkan backend (ggml-vulkan.cpp includes this file;
 // patches/0011 calls what is here from the places that list quantized types).
 //
 // What runs on a Vulkan device: GET_ROWS, CPY f32 -> turbo and turbo -> f32 (K-shift),
@@ -8,11 +8,17 @@
 // on the CPU instead of computing anything wrong here.
 #pragma once
 
-// the case labels of the three types, for the switches that list supported types
+// Shared memory every flash-attention shader holds for the trellis tables (turbo-fa.glsl's
+// turbo_tcq_fa_table), for the size checks of ggml_vk_flash_attn_*_shmem_support.
+#define PYTURBO_VK_FA_SHMEM_BYTES (384 * sizeof(uint32_t))
+
+// the case labels of the turbo types, for the switches that list supported types
 #define PYTURBO_VK_TURBO_CASES \
     case GGML_TYPE_TURBO2:     \
     case GGML_TYPE_TURBO3:     \
-    case GGML_TYPE_TURBO4:
+    case GGML_TYPE_TURBO4:     \
+    case GGML_TYPE_TURBO3T:    \
+    case GGML_TYPE_TURBO2T:
 
 #define PYTURBO_VK_TURBO_SET_ROWS(type, name, src_idx, src, itype)                                                      \
     ggml_vk_create_pipeline(device, device->pipeline_set_rows##itype[src_idx][type], "set_rows_" #src "_" #name #itype, \
@@ -40,4 +46,6 @@
 #define PYTURBO_VK_CREATE_TURBO_PIPELINES()                     \
     PYTURBO_VK_TURBO_PIPELINES_OF(GGML_TYPE_TURBO2, turbo2)     \
     PYTURBO_VK_TURBO_PIPELINES_OF(GGML_TYPE_TURBO3, turbo3)     \
-    PYTURBO_VK_TURBO_PIPELINES_OF(GGML_TYPE_TURBO4, turbo4)
+    PYTURBO_VK_TURBO_PIPELINES_OF(GGML_TYPE_TURBO4, turbo4)     \
+    PYTURBO_VK_TURBO_PIPELINES_OF(GGML_TYPE_TURBO3T, turbo3t)   \
+    PYTURBO_VK_TURBO_PIPELINES_OF(GGML_TYPE_TURBO2T, turbo2t)

@@ -1,7 +1,8 @@
-// The turbo2/turbo3/turbo4 block math of ggml's Vulkan backend (csrc/vulkan/*.glsl), run on
-// a Vulkan device, against the CPU reference (csrc/turbo-quants.c) bit for bit: the same
-// random rows are quantized (CPY f32 -> turbo and SET_ROWS, the KV write), dequantized (CPY
-// turbo -> f32, GET_ROWS) on both backends, and every byte compared.
+// The turbo2/turbo3/turbo4/turbo3t/turbo2t block math of ggml's Vulkan backend
+// (csrc/vulkan/*.glsl), run on a Vulkan device, against the CPU reference (csrc/turbo-quants.c,
+// csrc/turbo-tcq.c) bit for bit: the same random rows are quantized (CPY f32 -> turbo and
+// SET_ROWS, the KV write), dequantized (CPY turbo -> f32, GET_ROWS) on both backends, and
+// every byte compared.
 //
 //     turbo_vulkan_check [device]      (links to pyturbo's libggml, libggml-base, libggml-cpu;
 //                                       device: a ggml device name, default the first Vulkan one)
@@ -116,7 +117,7 @@ int main(int argc, char ** argv) {
             values[(size_t) r * ROW + j] = r % 61 == 0 && j < 64 ? 0.0f : scale * gauss(rng) * (j % 97 == 0 ? 9.0f : 1.0f);
         }
     }
-    for (ggml_type type : { GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4 }) {
+    for (ggml_type type : { GGML_TYPE_TURBO2, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3T, GGML_TYPE_TURBO2T }) {
         const std::vector<uint8_t> reference = run(cpu, op_kind::quantize, type, values, {});
         for (op_kind kind : { op_kind::quantize, op_kind::set_rows, op_kind::dequantize, op_kind::get_rows }) {
             const std::vector<uint8_t> want = run(cpu, kind, type, values, reference);
