@@ -30,6 +30,28 @@
 #define TCQ_ALWAYS_INLINE inline
 #endif
 
+// A trellis: k bits per value, its table (2^(6+k) entries, by state), and the same
+// table in the order the search reads it (below). Made once per row, not per block.
+typedef struct {
+    int           k;
+    const float * values;
+    float         by_branch[TCQ_MAX_STATES];    // [(j * K + c) * R + b] = values[(c * R + b) * K + j]
+} tcq_trellis;
+
+static void tcq_trellis_init(tcq_trellis * trellis, const float * values, int k) {
+    const int n_branch = 1 << k;
+    const int n_runs   = TCQ_GROUPS >> k;
+    trellis->k      = k;
+    trellis->values = values;
+    for (int c = 0; c < n_branch; ++c) {
+        for (int b = 0; b < n_runs; ++b) {
+            for (int j = 0; j < n_branch; ++j) {
+                trellis->by_branch[(j * n_branch + c) * n_runs + b] = values[(c * n_runs + b) * n_branch + j];
+            }
+        }
+    }
+}
+
 // The walk: state s of value t costs best_{t-1}[s % 64] + (y[t] - values[s])^2, where
 // best_t[g] is the cheapest walk to any state (g << k) | j, j < K = 2^k (the predecessors the
 // states of group g share). Write g = c * R + b (R = 64 / K runs): its K predecessors' own
@@ -41,23 +63,17 @@
 // is at, with the same operations, and takes the lowest branch among the cheapest, which
 // is exactly the choice a forward pass keeping back-pointers would have made.
 // k is a literal at both call sites (see tcq_viterbi), so the loop bounds are constants.
-static TCQ_ALWAYS_INLINE float tcq_viterbi_k(const float * GGML_RESTRICT y, const float * GGML_RESTRICT values, const int k,
-                                             uint16_t * GGML_RESTRICT states) {
+static TCQ_ALWAYS_INLINE float tcq_viterbi_k(const float * GGML_RESTRICT y, const tcq_trellis * GGML_RESTRICT trellis,
+                                             const int k, uint16_t * GGML_RESTRICT states) {
     const int n_branch = 1 << k;
     const int n_runs   = TCQ_GROUPS >> k;
     const int n_states = TCQ_GROUPS << k;
+    const float * GGML_RESTRICT values    = trellis->values;
+    const float * GGML_RESTRICT by_branch = trellis->by_branch;
 
-    float by_branch[TCQ_MAX_STATES];        // [(j * K + c) * R + b] = values[(c * R + b) * K + j]
     float rows[QK_TURBO][TCQ_GROUPS];       // rows[t + 1]: best_t by branch; rows[0]: the free start
     float best[TCQ_GROUPS];                 // best_t in group order
 
-    for (int c = 0; c < n_branch; ++c) {
-        for (int b = 0; b < n_runs; ++b) {
-            for (int j = 0; j < n_branch; ++j) {
-                by_branch[(j * n_branch + c) * n_runs + b] = values[(c * n_runs + b) * n_branch + j];
-            }
-        }
-    }
     for (int g = 0; g < TCQ_GROUPS; ++g) {
         rows[0][g] = 0.0f;
     }
@@ -115,9 +131,10 @@ static TCQ_ALWAYS_INLINE float tcq_viterbi_k(const float * GGML_RESTRICT y, cons
     return total;
 }
 
-static float tcq_viterbi(const float * GGML_RESTRICT y, const float * GGML_RESTRICT values, int k, uint16_t * GGML_RESTRICT states) {
-    assert(k == 2 || k == 3);
-    return k == 3 ? tcq_viterbi_k(y, values, 3, states) : tcq_viterbi_k(y, values, 2, states);
+// The best walk for unit-scale y: the trellis state of every value, and its squared error.
+static float tcq_viterbi(const float * GGML_RESTRICT y, const tcq_trellis * GGML_RESTRICT trellis, uint16_t * GGML_RESTRICT states) {
+    assert(trellis->k == 2 || trellis->k == 3);
+    return trellis->k == 3 ? tcq_viterbi_k(y, trellis, 3, states) : tcq_viterbi_k(y, trellis, 2, states);
 }
 
 // Head bits of a positive scale: its fp16 with the mantissa rounded to 5 bits (half up,
@@ -137,11 +154,10 @@ static void tcq_put_bits(uint8_t * out, int pos, int n, unsigned value) {
     }
 }
 
-// A Viterbi search: states[QK_TURBO] of the best walk for unit-scale y, and its squared error.
-typedef float (*tcq_viterbi_t)(const float * GGML_RESTRICT y, const float * GGML_RESTRICT values, int k, uint16_t * GGML_RESTRICT states);
-
-static void tcq_quantize_block(const float * GGML_RESTRICT x, const float * GGML_RESTRICT values, int k,
-                               uint8_t * GGML_RESTRICT out, int block_bytes, tcq_viterbi_t viterbi) {
+static void tcq_quantize_block(const float * GGML_RESTRICT x, const tcq_trellis * GGML_RESTRICT trellis,
+                               uint8_t * GGML_RESTRICT out, int block_bytes) {
+    const float * values = trellis->values;
+    const int     k      = trellis->k;
     memset(out, 0, block_bytes);
     float sumsq = 0.0f;
     for (int j = 0; j < QK_TURBO; ++j) {
@@ -160,7 +176,7 @@ static void tcq_quantize_block(const float * GGML_RESTRICT x, const float * GGML
     for (int j = 0; j < QK_TURBO; ++j) {
         y[j] = x[j] * inv;
     }
-    viterbi(y, values, k, states);
+    tcq_viterbi(y, trellis, states);
 
     float cc = 0.0f;
     for (int j = 0; j < QK_TURBO; ++j) {

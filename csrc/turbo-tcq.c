@@ -17,7 +17,9 @@
 #include "turbo-tcq-encode.h"
 
 float turbo_tcq_viterbi(const float * GGML_RESTRICT y, const float * GGML_RESTRICT values, int k, uint16_t * GGML_RESTRICT states) {
-    return tcq_viterbi(y, values, k, states);
+    tcq_trellis trellis;
+    tcq_trellis_init(&trellis, values, k);
+    return tcq_viterbi(y, &trellis, states);
 }
 
 int turbo_tcq_state(const uint8_t * GGML_RESTRICT block, int block_bytes, int k, int i) {
@@ -41,15 +43,19 @@ static void tcq_dequantize_block(const uint8_t * block, int block_bytes, int k, 
 
 void quantize_row_turbo3t_ref(const float * GGML_RESTRICT x, block_turbo3t * GGML_RESTRICT y, int64_t k) {
     assert(k % QK_TURBO3T == 0);
+    tcq_trellis trellis;
+    tcq_trellis_init(&trellis, kvalues_turbo3t, 3);
     for (int64_t i = 0; i < k / QK_TURBO3T; ++i) {
-        tcq_quantize_block(x + i * QK_TURBO3T, kvalues_turbo3t, 3, (uint8_t *) (y + i), sizeof(block_turbo3t), tcq_viterbi);
+        tcq_quantize_block(x + i * QK_TURBO3T, &trellis, (uint8_t *) (y + i), sizeof(block_turbo3t));
     }
 }
 
 void quantize_row_turbo2t_ref(const float * GGML_RESTRICT x, block_turbo2t * GGML_RESTRICT y, int64_t k) {
     assert(k % QK_TURBO2T == 0);
+    tcq_trellis trellis;
+    tcq_trellis_init(&trellis, kvalues_turbo2t, 2);
     for (int64_t i = 0; i < k / QK_TURBO2T; ++i) {
-        tcq_quantize_block(x + i * QK_TURBO2T, kvalues_turbo2t, 2, (uint8_t *) (y + i), sizeof(block_turbo2t), tcq_viterbi);
+        tcq_quantize_block(x + i * QK_TURBO2T, &trellis, (uint8_t *) (y + i), sizeof(block_turbo2t));
     }
 }
 

@@ -54,7 +54,7 @@ PROG = "python -m pyturbo.selftest"
 
 # f16 and q8_0 are llama.cpp's own kernels, there to tell a pyturbo fault from a backend's
 DEFAULT_PAIRS = ("f16/f16,q8_0/q8_0,turbo2/turbo2,turbo3/turbo3,turbo4/turbo4,"
-                 "q8_0/turbo2,q8_0/turbo3,q8_0/turbo4")
+                 "q8_0/turbo2,q8_0/turbo3,q8_0/turbo4,turbo3t/turbo3t,turbo2t/turbo2t,q8_0/turbo3t")
 DEFAULT_MAX_KLD = 1e-3
 # A device's own arithmetic (llama.cpp's weight kernels, measured on the f16 cache) moves its
 # logits from the CPU's too: up to this many times that, capped, a row is still the same.

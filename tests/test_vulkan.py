@@ -119,7 +119,7 @@ prompt = "The capital of France is Paris. The capital of Italy is"
 tokens = {}
 for where, kwargs in (("CPU", dict(n_gpu_layers=0)), ("Vulkan0", dict(n_gpu_layers=99, devices=["Vulkan0"]))):
     with pyturbo.Model(sys.argv[1], **kwargs) as model:
-        for pair in (("q8_0", "turbo3"), ("turbo3", "turbo3")):
+        for pair in (("q8_0", "turbo3"), ("turbo3", "turbo3"), ("turbo3t", "turbo3t")):
             with model.context(n_ctx=512, cache_k=pair[0], cache_v=pair[1], n_threads=2) as ctx:
                 text = ctx.complete(prompt, max_tokens=12)
                 tokens[where + " " + "/".join(pair)] = ctx.tokenize(text, add_special=False)
@@ -130,7 +130,7 @@ print(json.dumps(tokens))
 @pytest.mark.slow
 def test_greedy_generation_on_vulkan_starts_as_on_the_cpu(smol_path):
     tokens = json.loads(run_pyturbo(GREEDY, str(smol_path)).splitlines()[-1])
-    for pair in ("q8_0/turbo3", "turbo3/turbo3"):
+    for pair in ("q8_0/turbo3", "turbo3/turbo3", "turbo3t/turbo3t"):
         cpu, vulkan = tokens["CPU " + pair], tokens["Vulkan0 " + pair]
         # rounding differs between any two backends of a quantized model; the first tokens
         # (" Rome." and what follows it) must not (measured: 5 and 9 tokens agree)

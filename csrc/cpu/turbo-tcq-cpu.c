@@ -19,17 +19,19 @@
 
 void quantize_row_turbo3t(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
     assert(k % QK_TURBO3T == 0);
+    tcq_trellis trellis;
+    tcq_trellis_init(&trellis, kvalues_turbo3t, 3);
     for (int64_t i = 0; i < k / QK_TURBO3T; ++i) {
-        tcq_quantize_block(x + i * QK_TURBO3T, kvalues_turbo3t, 3, (uint8_t *) y + i * sizeof(block_turbo3t), sizeof(block_turbo3t),
-                           tcq_viterbi);
+        tcq_quantize_block(x + i * QK_TURBO3T, &trellis, (uint8_t *) y + i * sizeof(block_turbo3t), sizeof(block_turbo3t));
     }
 }
 
 void quantize_row_turbo2t(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k) {
     assert(k % QK_TURBO2T == 0);
+    tcq_trellis trellis;
+    tcq_trellis_init(&trellis, kvalues_turbo2t, 2);
     for (int64_t i = 0; i < k / QK_TURBO2T; ++i) {
-        tcq_quantize_block(x + i * QK_TURBO2T, kvalues_turbo2t, 2, (uint8_t *) y + i * sizeof(block_turbo2t), sizeof(block_turbo2t),
-                           tcq_viterbi);
+        tcq_quantize_block(x + i * QK_TURBO2T, &trellis, (uint8_t *) y + i * sizeof(block_turbo2t), sizeof(block_turbo2t));
     }
 }
 
