@@ -130,8 +130,11 @@ print(json.dumps(tokens))
 @pytest.mark.slow
 def test_greedy_generation_on_vulkan_starts_as_on_the_cpu(smol_path):
     tokens = json.loads(run_pyturbo(GREEDY, str(smol_path)).splitlines()[-1])
-    for pair in ("q8_0/turbo3", "turbo3/turbo3", "turbo3t/turbo3t"):
+    # Rounding differs between any two backends of a quantized model; the first tokens must
+    # not. Measured: q8_0/turbo3 and turbo3/turbo3 agree for 5 and 9 tokens; turbo3t/turbo3t
+    # for the answer " Rome." only, as the token after it is a near-tie on every device (" The"
+    # over "\n" by 0.37 logits with the f16 cache on the CPU, by 0.16 on llvmpipe: the
+    # device's own arithmetic moves it by 0.2; with turbo3t by 0.31 on the CPU, 0.008 here).
+    for pair, agreeing in (("q8_0/turbo3", 4), ("turbo3/turbo3", 4), ("turbo3t/turbo3t", 2)):
         cpu, vulkan = tokens["CPU " + pair], tokens["Vulkan0 " + pair]
-        # rounding differs between any two backends of a quantized model; the first tokens
-        # (" Rome." and what follows it) must not (measured: 5 and 9 tokens agree)
-        assert len(cpu) >= 4 and cpu[:4] == vulkan[:4], (pair, cpu, vulkan)
+        assert len(cpu) >= 4 and cpu[:agreeing] == vulkan[:agreeing], (pair, cpu, vulkan)
