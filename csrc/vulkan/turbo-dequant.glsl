@@ -1,10 +1,12 @@
-// pyturbo: turbo2/turbo3/turbo4 (and the trellis types, below) values for ggml's dequantizing shaders (get_rows_quant,
-// copy_from_quant): dequantize/dequantize4 give codebook values, get_dm the block scale,
-// so each shader's v * d is the CPU's d * kvalues[code], one float product. Included at the
-// end of dequant_funcs.glsl (patches/0011), which declares data_a.
+// pyturbo: turbo2/turbo3/turbo4 and turbo3t/turbo2t values for ggml's dequantizing shaders
+// (get_rows_quant, copy_from_quant): dequantize/dequantize4 give codebook (or trellis
+// table) values, get_dm the block scale, so each shader's v * d is the CPU's
+// d * kvalues[code], one float product. Included at the end of dequant_funcs.glsl
+// (patches/0011), which declares data_a.
 
 #if defined(DATA_A_TURBO2) || defined(DATA_A_TURBO3) || defined(DATA_A_TURBO4)
 
+// value j of block ib, unscaled
 float turbo_value(uint ib, uint j, uint a_offset) {
 #if defined(DATA_A_TURBO2)
     return kvalues_turbo2[turbo2_code(uint(data_a[a_offset + ib].qs[j % 16u]), j)];
@@ -16,25 +18,13 @@ float turbo_value(uint ib, uint j, uint a_offset) {
 #endif
 }
 
-// values iqs and iqs + 1 of block ib (QUANT_R 1)
-vec2 dequantize(uint ib, uint iqs, uint a_offset) {
-    return vec2(turbo_value(ib, iqs, a_offset), turbo_value(ib, iqs + 1u, a_offset));
-}
-
-vec4 dequantize4(uint ib, uint iqs, uint a_offset) {
-    return vec4(turbo_value(ib, iqs, a_offset), turbo_value(ib, iqs + 1u, a_offset),
-                turbo_value(ib, iqs + 2u, a_offset), turbo_value(ib, iqs + 3u, a_offset));
-}
-
 vec2 get_dm(uint ib, uint a_offset) {
     return vec2(float(data_a[a_offset + ib].d), 0);
 }
 
-#endif
+#elif defined(DATA_A_TURBO3T) || defined(DATA_A_TURBO2T)
 
-#if defined(DATA_A_TURBO3T) || defined(DATA_A_TURBO2T)
-
-// Value j of block ib: the table entry of its trellis state (scaled by get_dm's d).
+// value j of block ib, unscaled: the table entry of its trellis state
 float turbo_value(uint ib, uint j, uint a_offset) {
     const uint bit  = 16u - TURBO_TCQ_START_BITS + TURBO_TCQ_K * j;
     const uint byte = bit / 8u;
@@ -44,6 +34,16 @@ float turbo_value(uint ib, uint j, uint a_offset) {
     return TURBO_TCQ_VALUES[turbo_tcq_window(lo, hi, bit, TURBO_TCQ_K)];
 }
 
+vec2 get_dm(uint ib, uint a_offset) {
+    return vec2(turbo_tcq_scale(uint(data_a[a_offset + ib].b[0]) | (uint(data_a[a_offset + ib].b[1]) << 8)), 0);
+}
+
+#endif
+
+#if defined(DATA_A_TURBO2) || defined(DATA_A_TURBO3) || defined(DATA_A_TURBO4) || \
+    defined(DATA_A_TURBO3T) || defined(DATA_A_TURBO2T)
+
+// values iqs and iqs + 1 of block ib (QUANT_R 1)
 vec2 dequantize(uint ib, uint iqs, uint a_offset) {
     return vec2(turbo_value(ib, iqs, a_offset), turbo_value(ib, iqs + 1u, a_offset));
 }
@@ -51,10 +51,6 @@ vec2 dequantize(uint ib, uint iqs, uint a_offset) {
 vec4 dequantize4(uint ib, uint iqs, uint a_offset) {
     return vec4(turbo_value(ib, iqs, a_offset), turbo_value(ib, iqs + 1u, a_offset),
                 turbo_value(ib, iqs + 2u, a_offset), turbo_value(ib, iqs + 3u, a_offset));
-}
-
-vec2 get_dm(uint ib, uint a_offset) {
-    return vec2(turbo_tcq_scale(uint(data_a[a_offset + ib].b[0]) | (uint(data_a[a_offset + ib].b[1]) << 8)), 0);
 }
 
 #endif
