@@ -118,8 +118,11 @@ def measure(model: "str | os.PathLike", configs: Sequence[tuple], chunks: int = 
                                     n_threads=n_threads, progress=progress)
         # kld() stops at the chunks the text holds: record how many were scored.
         scored = results[0].n_tokens // kl_divergence.scored_per_chunk(n_ctx)
-        for r in results:
-            fresh[(r.type_k, r.type_v)] = MeasuredKLD(kld=r.kld, chunks=scored, chunks_asked=chunks, n_ctx=n_ctx,
+        # one result per asked configuration, in order; keyed as asked (a per-layer spec
+        # comes back in its canonical form, e.g. "q4_0@1,q4_0@0" as "q4_0@0-1")
+        assert len(results) == len(missing)
+        for config, r in zip(missing, results):
+            fresh[config] = MeasuredKLD(kld=r.kld, chunks=scored, chunks_asked=chunks, n_ctx=n_ctx,
                                                       text=text_id, kv_transform=r.kv_transform)
     if REFERENCE in wanted and not current(REFERENCE):
         fresh[REFERENCE] = MeasuredKLD(kld=0.0, chunks=scored, chunks_asked=chunks, n_ctx=n_ctx, text=text_id,

@@ -200,3 +200,12 @@ def test_the_default_pairs_rank_each_trellis_pair_above_the_scalar_pair_of_the_s
         assert order.index(trellis) < order.index(scalar)
         assert fit.KLD_TABLE[trellis] < 0.7 * fit.KLD_TABLE[scalar]
         assert kv_bytes[trellis] == kv_bytes[scalar]      # the same bytes per cell
+
+
+def test_a_per_layer_spec_is_measured_and_returned_under_the_spec_asked(tiny_path, kld_cache_dir, monkeypatch):
+    asked = counting_kld(monkeypatch)
+    config = ("q8_0,q4_0@1,q4_0@0", "q8_0")     # the library names it q8_0,q4_0@0-1
+    first = kld_cache.measure(tiny_path, [config], chunks=1, progress=False)
+    assert asked == [["q8_0,q4_0@1,q4_0@0/q8_0"]] and first[config].kld > 0
+    forbid_kld(monkeypatch)
+    assert kld_cache.measure(tiny_path, [config], chunks=1, progress=False)[config] == first[config]

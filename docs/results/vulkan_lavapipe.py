@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_vulkan import FA_DECODE, FA_PREFILL  # noqa: E402  the patterns CI runs
 
 CASE = re.compile(r"^\s+(\w+)\((.*)\): (?:\x1b\[[0-9;]*m)?(OK|FAIL|not supported \[Vulkan0\])")
-SPEED_PAIRS = ("f16/f16", "q8_0/turbo3", "turbo3/turbo3")
+SPEED_PAIRS = ("f16/f16", "q8_0/turbo3", "turbo3/turbo3", "turbo3t/turbo3t")
 
 
 def backend_ops(dev_bin: Path, op: str, pattern: str) -> "tuple[list[dict], float]":
